@@ -1,0 +1,317 @@
+"""Block grids and the index plans that every block layer of one scale reuses.
+
+A :class:`BlockGrid` holds the decision mask of a batch (``[N, GH, GW]`` bool, ``True`` = the
+block is processed at high resolution) and, lazily, the index plans that BlockPad and the
+padded activation buffers need at each scale. Plans are built once per (block side, padding,
+mode, border) with vectorised tensor ops on the mask's device and cached on the grid, so every
+layer of a network that works at the same scale shares them. Building a plan costs a handful of
+element-wise ops over the halo positions; it is inside the timed region of the benchmarks,
+because at inference every image brings its own mask.
+
+Coordinates used throughout: a block tensor at a scale whose high-res (HR) block side is ``s``
+stores HR blocks as ``[Nh, C, s, s]`` and low-res (LR) blocks as ``[Nl, C, s/2, s/2]``; HR blocks
+are numbered in row-major order of their cell ``(n, gy, gx)``, LR blocks likewise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["BlockGrid", "PadPlan", "PAD_MODES", "normalize_pads"]
+
+#: How a low-res block reads a high-res neighbour into its halo (paper Fig. 6 and Table 9).
+#: ``avg``: mean of the 2x2 HR pixels under each LR halo pixel (Fig. 6b, the default);
+#: ``strided``: the top-left pixel of each 2x2 group (Fig. 6a);
+#: ``zero``: the ablation of Table 9 -- no BlockPad at all: every block is padded with the op's
+#: pad value as if it were a separate image (neighbours of any resolution are ignored).
+PAD_MODES = ("avg", "strided", "zero")
+
+# Source kinds of a padded position.
+_HR, _LR, _CONST, _AVG = 0, 1, 2, 3
+
+
+def normalize_pads(padding) -> tuple[int, int, int, int]:
+    """Return ``(top, bottom, left, right)`` from an int, ``(ph, pw)`` or ``(pt, pb, pl, pr)``."""
+    if isinstance(padding, int):
+        pads = (padding,) * 4
+    else:
+        padding = tuple(int(p) for p in padding)
+        if len(padding) == 2:
+            pads = (padding[0], padding[0], padding[1], padding[1])
+        elif len(padding) == 4:
+            pads = padding
+        else:
+            raise ValueError(
+                f"padding {padding!r} must be an int, (pad_h, pad_w) or (top, bottom, left, right)"
+            )
+    if any(p < 0 for p in pads):
+        raise ValueError(f"padding {pads} has a negative width; cropping is not a padding")
+    return pads  # type: ignore[return-value]
+
+
+@dataclass
+class PadPlan:
+    """Where each halo position of a padded block buffer takes its value from.
+
+    All indices are rows of the flat channels-last buffer ``[R, C]`` that holds the padded HR
+    blocks ``[Nh, s+pt+pb, s+pl+pr]`` followed by the padded LR blocks; sources always point at
+    block interiors, so one gather + one scatter fill every halo without ordering issues.
+    """
+
+    pads: tuple[int, int, int, int]
+    rows_hr: int  # rows taken by the padded HR blocks
+    rows: int  # total rows
+    copy_dst: Tensor  # [Kc] halo rows copied from ...
+    copy_src: Tensor  # [Kc] ... these interior rows
+    avg_dst: Tensor  # [Ka] halo rows that average ...
+    avg_src: Tensor  # [Ka * 4] ... these 2x2 HR interior rows
+    const_dst: Tensor  # [Kz] halo rows that take the pad value
+    hr_interior: Tensor | None = None  # [Nh*s*s] rows of HR interior pixels (lazily built)
+    lr_interior: Tensor | None = None
+
+
+class BlockGrid:
+    """The per-image block decisions of a batch and the plans derived from them.
+
+    Args:
+        mask: ``[N, GH, GW]`` bool tensor, ``True`` where a block is processed at high
+            resolution. Any ``N >= 1`` and any grid are accepted, including all-HR and all-LR.
+        block_size: side of a block in pixels at the input resolution (e.g. 128). Must be even.
+
+    The grid is immutable; plans are cached per scale and reused by every layer of that scale.
+    """
+
+    def __init__(self, mask: Tensor, block_size: int):
+        if not isinstance(mask, Tensor):
+            raise ValueError(
+                f"mask must be a bool tensor [N, GH, GW], got {type(mask).__name__}; "
+                "build one with torch.as_tensor(mask, dtype=torch.bool)"
+            )
+        if mask.dtype != torch.bool:
+            if mask.is_floating_point() and torch.isnan(mask).any():
+                raise ValueError(
+                    "mask contains NaN; a block mask must be bool (True = high-res). "
+                    "Threshold probabilities first, e.g. mask = probs > 0.5"
+                )
+            raise ValueError(
+                f"mask has dtype {mask.dtype}; it must be torch.bool (True = high-res). "
+                "Convert with mask.bool() for 0/1 values or threshold probabilities (probs > 0.5)"
+            )
+        if mask.dim() != 3:
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)}; expected [N, GH, GW] (one grid per image)"
+            )
+        if min(mask.shape) < 1:
+            raise ValueError(f"mask shape {tuple(mask.shape)} has an empty dimension")
+        block_size = int(block_size)
+        if block_size < 2 or block_size % 2:
+            raise ValueError(
+                f"block size {block_size} must be an even integer >= 2 (low-res blocks are "
+                "half its side)"
+            )
+        self.mask = mask
+        self.block_size = block_size
+        self.N, self.GH, self.GW = (int(v) for v in mask.shape)
+        flat = mask.reshape(-1)
+        self.mask_flat = flat
+        self.hr_cells = torch.nonzero(flat).squeeze(1)
+        self.lr_cells = torch.nonzero(~flat).squeeze(1)
+        self.num_hr = int(self.hr_cells.numel())
+        self.num_lr = int(self.lr_cells.numel())
+        slot = torch.empty(flat.numel(), dtype=torch.long, device=mask.device)
+        slot[self.hr_cells] = torch.arange(self.num_hr, device=mask.device)
+        slot[self.lr_cells] = torch.arange(self.num_lr, device=mask.device)
+        self.slot = slot
+        self._cache: dict = {}
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def device(self) -> torch.device:
+        return self.mask.device
+
+    @property
+    def hr_fraction(self) -> float:
+        return self.num_hr / self.mask_flat.numel()
+
+    def __repr__(self) -> str:
+        return (
+            f"BlockGrid(N={self.N}, grid={self.GH}x{self.GW}, block_size={self.block_size}, "
+            f"hr={self.num_hr}/{self.mask_flat.numel()})"
+        )
+
+    def cells(self, hr: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """``(n, gy, gx)`` of the HR (``hr=True``) or LR blocks, each ``[Nh]`` / ``[Nl]``."""
+        key = ("cells", hr)
+        if key not in self._cache:
+            c = self.hr_cells if hr else self.lr_cells
+            per = self.GH * self.GW
+            self._cache[key] = (c // per, (c % per) // self.GW, c % self.GW)
+        return self._cache[key]
+
+    def check_side(self, side: int, what: str = "this layer") -> None:
+        """Raise unless blocks of side ``side`` (HR) and ``side/2`` (LR) are whole pixels."""
+        if side < 2 or side % 2:
+            raise ValueError(
+                f"{what} would work on high-res blocks of {side} px (low-res {side / 2:g} px); "
+                f"block size {self.block_size} is too small for the network's downsampling. "
+                "Use a block size of at least 2 x the network's total stride (e.g. 128 for "
+                "stride 32 with margin)"
+            )
+
+    # ------------------------------------------------------------------ plans
+    def pad_plan(
+        self, side: int, pads: tuple[int, int, int, int], mode: str = "avg", border="zeros"
+    ) -> PadPlan:
+        """Plan to fill the halo of padded blocks at a scale with HR block side ``side``.
+
+        Args:
+            side: HR block side at this scale (LR blocks are ``side // 2``).
+            pads: ``(top, bottom, left, right)`` halo widths, each at most ``side``.
+            mode: one of :data:`PAD_MODES`.
+            border: ``"zeros"`` (the halo beyond the image takes the op's pad value) or
+                ``"replicate"`` (nearest image pixel, what bilinear upsampling needs).
+        """
+        key = ("pad", side, pads, mode, border)
+        plan = self._cache.get(key)
+        if plan is None:
+            plan = self._build_pad_plan(side, pads, mode, border)
+            self._cache[key] = plan
+        return plan
+
+    def _build_pad_plan(self, s, pads, mode, border) -> PadPlan:
+        if mode not in PAD_MODES:
+            raise ValueError(f"pad mode {mode!r} is not one of {PAD_MODES}")
+        if border not in ("zeros", "replicate"):
+            raise ValueError(f"border {border!r} must be 'zeros' or 'replicate'")
+        self.check_side(s)
+        pt, pb, pl, pr = pads
+        if max(pads) > s:
+            raise ValueError(
+                f"padding {pads} (top, bottom, left, right) is wider than the {s}-px blocks at "
+                "this layer; use a larger block size or run this layer through "
+                "segblocks.blocks.dense_fallback"
+            )
+        t = s // 2
+        dev = self.device
+        hr_rows_per = (s + pt + pb) * (s + pl + pr)
+        lr_rows_per = (t + pt + pb) * (t + pl + pr)
+        rows_hr = self.num_hr * hr_rows_per
+        rows = rows_hr + self.num_lr * lr_rows_per
+        geo = dict(s=s, t=t, pads=pads, rows_hr=rows_hr)
+        parts = [
+            self._halo_sources(True, geo, mode, border),
+            self._halo_sources(False, geo, mode, border),
+        ]
+        kind = torch.cat([p[0] for p in parts])
+        dst = torch.cat([p[1] for p in parts])
+        src = torch.cat([p[2] for p in parts])
+        copy = (kind == _HR) | (kind == _LR)
+        avg = kind == _AVG
+        wh = s + pl + pr
+        avg_base = src[avg]
+        avg_src = torch.stack([avg_base, avg_base + 1, avg_base + wh, avg_base + wh + 1], 1)
+        del dev
+        return PadPlan(
+            pads=pads,
+            rows_hr=rows_hr,
+            rows=rows,
+            copy_dst=dst[copy],
+            copy_src=src[copy],
+            avg_dst=dst[avg],
+            avg_src=avg_src.reshape(-1),
+            const_dst=dst[kind == _CONST],
+        )
+
+    def _halo_sources(self, requester_hr: bool, geo, mode, border):
+        """Kinds, destination rows and source rows of the halo positions of HR or LR blocks."""
+        s, t, (pt, pb, pl, pr), rows_hr = geo["s"], geo["t"], geo["pads"], geo["rows_hr"]
+        dev = self.device
+        side = s if requester_hr else t
+        hp, wp = side + pt + pb, side + pl + pr
+        ly = torch.arange(-pt, side + pb, device=dev).view(-1, 1).expand(hp, wp)
+        lx = torch.arange(-pl, side + pr, device=dev).view(1, -1).expand(hp, wp)
+        halo = (ly < 0) | (ly >= side) | (lx < 0) | (lx >= side)
+        hy, hx = ly[halo], lx[halo]  # [P]
+        local_row = (hy + pt) * wp + (hx + pl)
+        n, gy, gx = self.cells(requester_hr)
+        nb = n.numel()
+        empty = torch.empty(0, dtype=torch.long, device=dev)
+        if nb == 0 or hy.numel() == 0:
+            return empty, empty, empty
+        base = 0 if requester_hr else rows_hr
+        dst = base + torch.arange(nb, device=dev).view(-1, 1) * (hp * wp) + local_row.view(1, -1)
+        Y = gy.view(-1, 1) * side + hy.view(1, -1)  # [B, P], at the requester's resolution
+        X = gx.view(-1, 1) * side + hx.view(1, -1)
+        H, W = self.GH * side, self.GW * side
+        inside = (Y >= 0) & (Y < H) & (X >= 0) & (X < W)
+        Y = Y.clamp(0, H - 1)
+        X = X.clamp(0, W - 1)
+        if border == "replicate":
+            inside = torch.ones_like(inside)
+        ny, nx = torch.div(Y, side, rounding_mode="floor"), torch.div(X, side, rounding_mode="floor")
+        qy, qx = Y - ny * side, X - nx * side  # pixel inside the neighbour, requester's resolution
+        if mode == "zero":
+            inside = inside & (ny == gy.view(-1, 1)) & (nx == gx.view(-1, 1))
+        cell = n.view(-1, 1) * (self.GH * self.GW) + ny * self.GW + nx
+        nhr = self.mask_flat[cell]
+        slot = self.slot[cell]
+        hr_wp, lr_wp = s + pl + pr, t + pl + pr
+        hr_blk, lr_blk = (s + pt + pb) * hr_wp, (t + pt + pb) * lr_wp
+        if requester_hr:
+            # HR neighbour: same pixel; LR neighbour: nearest-upsampled, i.e. pixel (q // 2).
+            src_hr = slot * hr_blk + (qy + pt) * hr_wp + (qx + pl)
+            src_lr = rows_hr + slot * lr_blk + (qy // 2 + pt) * lr_wp + (qx // 2 + pl)
+            kind = torch.where(nhr, _HR, _LR)
+            src = torch.where(nhr, src_hr, src_lr)
+        else:
+            # LR neighbour: same pixel; HR neighbour: 2x2 group under the LR pixel (its
+            # top-left row here; the plan adds the other three for "avg").
+            src_lr = rows_hr + slot * lr_blk + (qy + pt) * lr_wp + (qx + pl)
+            src_hr = slot * hr_blk + (2 * qy + pt) * hr_wp + (2 * qx + pl)
+            kind = torch.where(nhr, _AVG if mode == "avg" else _HR, _LR)
+            src = torch.where(nhr, src_hr, src_lr)
+        kind = torch.where(inside, kind, _CONST)
+        return kind.reshape(-1), dst.reshape(-1), src.reshape(-1)
+
+    def interior_rows(self, side: int, pads, hr: bool) -> Tensor:
+        """Rows of the interior pixels of a padded buffer, in block/row-major pixel order."""
+        key = ("interior", side, pads, hr)
+        idx = self._cache.get(key)
+        if idx is None:
+            pt, pb, pl, pr = pads
+            b = side if hr else side // 2
+            nb = self.num_hr if hr else self.num_lr
+            hp, wp = b + pt + pb, b + pl + pr
+            base = 0 if hr else self.num_hr * (side + pt + pb) * (side + pl + pr)
+            dev = self.device
+            loc = (torch.arange(b, device=dev).view(-1, 1) + pt) * wp + (
+                torch.arange(b, device=dev).view(1, -1) + pl
+            )
+            idx = base + (torch.arange(nb, device=dev).view(-1, 1) * (hp * wp) + loc.view(1, -1))
+            idx = idx.reshape(-1)
+            self._cache[key] = idx
+        return idx
+
+    def same_decisions(self, other: "BlockGrid") -> bool:
+        return other is self or (
+            self.mask.shape == other.mask.shape
+            and self.block_size == other.block_size
+            and bool(torch.equal(self.mask, other.mask))
+        )
+
+    @staticmethod
+    def grid_shape(height: int, width: int, block_size: int) -> tuple[int, int]:
+        """``(GH, GW)`` for an image; raises with the size to pad to when not divisible."""
+        bad = [(n, v) for n, v in (("height", height), ("width", width)) if v % block_size]
+        if bad:
+            name, v = bad[0]
+            up = math.ceil(v / block_size) * block_size
+            raise ValueError(
+                f"{name} {v} is not a multiple of block size {block_size}; pad the input to "
+                f"{up} (e.g. F.pad) or pick a block size that divides {v}"
+            )
+        return height // block_size, width // block_size
