@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .tensor import BlockTensor, UnsupportedBlockOp, _fast, dense_fallback, padded_parts
+from .stats import count_conv
+from .tensor import BlockTensor, UnsupportedBlockOp, _fast, _Store, dense_fallback, padded_parts
 
 _HANDLERS: dict[str, callable] = {}
 
@@ -89,8 +90,6 @@ def _map(x: BlockTensor, fn, out_fn=None, side=None) -> BlockTensor:
     pads = trace.margins_for(op_id) if (trace is not None and out_fn is not None) else None
     store = None
     if pads is not None:
-        from .tensor import _Store
-
         store = _Store(x.grid, x.side, pads, x.channels, x.dtype, x.device)
         hi, li = store.interiors()
         out_fn(x.hr, hi)
@@ -399,13 +398,16 @@ def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         hr, lr = x.hr, x.lr
         if st > 1:  # a strided 1x1 conv only reads every st-th pixel
             hr, lr = hr[:, :, ::st, ::st], lr[:, :, ::st, ::st]
-        return x._derive(
-            F.conv2d(hr, weight, bias, 1, 0, 1, groups), F.conv2d(lr, weight, bias, 1, 0, 1, groups), side
-        )
+        yh = F.conv2d(hr, weight, bias, 1, 0, 1, groups)
+        yl = F.conv2d(lr, weight, bias, 1, 0, 1, groups)
+        count_conv(weight, groups, yh, yl)
+        return x._derive(yh, yl, side)
     hr, lr = _pooled_parts(x, pads, 0.0 if value is None else value)
     yh = F.conv2d(hr, weight, bias, st, 0, dilation, groups)
     yl = F.conv2d(lr, weight, bias, st, 0, dilation, groups)
-    return x._derive(_crop(yh, side), _crop(yl, side // 2), side)
+    yh, yl = _crop(yh, side), _crop(yl, side // 2)
+    count_conv(weight, groups, yh, yl)
+    return x._derive(yh, yl, side)
 
 
 @_register("max_pool2d", "_max_pool2d", "max_pool2d_with_indices")

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .grid import PAD_MODES, BlockGrid, normalize_pads
+from .stats import timed
 
 __all__ = [
     "BlockTensor",
@@ -404,7 +405,8 @@ def block_sample(
     trace = _Trace(profile if profile is not None else _DEFAULT_PROFILE)
     op_id = trace.next()
     pads = trace.margins_for(op_id)
-    hr, lr, store = _split(x, grid, grid.block_size, pads)
+    with timed("sample", x.device):
+        hr, lr, store = _split(x, grid, grid.block_size, pads)
     return BlockTensor(
         hr, lr, grid, grid.block_size, pad_mode=pad_mode, trace=trace, op_id=op_id, store=store
     )
@@ -431,7 +433,11 @@ def padded_parts(
     x: BlockTensor, pads, *, border: str = "zeros", value: float = 0.0, mode: str | None = None
 ) -> tuple[Tensor, Tensor]:
     """Padded HR and LR blocks of ``x`` for an op that pads by ``pads`` (see :func:`block_pad`)."""
-    pads = normalize_pads(pads)
+    with timed("pad", x.device):
+        return _padded_parts(x, normalize_pads(pads), border, value, mode)
+
+
+def _padded_parts(x, pads, border, value, mode):
     mode = x.pad_mode if mode is None else mode
     if x.trace is not None:
         x.trace.profile.record(x.op_id, pads)
@@ -492,6 +498,11 @@ def block_combine(x: BlockTensor, upsample: str = "nearest") -> Tensor:
         raise ValueError(f"block_combine expects a BlockTensor, got {type(x).__name__}")
     if upsample not in ("nearest", "bilinear"):
         raise ValueError(f"upsample {upsample!r} must be 'nearest' or 'bilinear'")
+    with timed("combine", x.device):
+        return _combine(x, upsample)
+
+
+def _combine(x: BlockTensor, upsample: str) -> Tensor:
     g, s = x.grid, x.side
     t = s // 2
     C = x.channels
