@@ -25,6 +25,7 @@ Anything else raises :class:`UnsupportedBlockOp` naming the op; wrap such layers
 from __future__ import annotations
 
 import numbers
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +91,7 @@ def _map(x: BlockTensor, fn, out_fn=None, side=None) -> BlockTensor:
     pads = trace.margins_for(op_id) if (trace is not None and out_fn is not None) else None
     store = None
     if pads is not None:
-        store = _Store(x.grid, x.side, pads, x.channels, x.dtype, x.device)
+        store = _Store(x.grid, x.side, pads, x.channels, x.dtype, x.device, trace)
         hi, li = store.interiors()
         out_fn(x.hr, hi)
         out_fn(x.lr, li)
@@ -258,7 +259,20 @@ _register("mul", "__mul__", "__rmul__")(_binary("mul", torch.mul))
 _register("div", "__truediv__")(_binary("div", torch.div))
 for _n in ("add", "sub", "mul", "div"):
     _HANDLERS[_n + "_"] = _inplace(_HANDLERS[_n])
-_HANDLERS["__iadd__"] = _HANDLERS["add_"]
+
+
+def inplace_add(x, other, alpha=1):
+    """``x += other``: writes into ``x``'s blocks when they are fresh conv/pool outputs."""
+    if _fast() and x.owned and x.pending_pad is None:
+        oh, ol = _other_part(x, other, "add_")
+        x.hr.add_(oh, alpha=alpha)
+        x.lr.add_(ol, alpha=alpha)
+        x.op_id = x.trace.next() if x.trace is not None else None
+        return x
+    return x._assign(_HANDLERS["add"](x, other, alpha=alpha))
+
+
+_HANDLERS["add_"] = _HANDLERS["__iadd__"] = inplace_add
 _HANDLERS["__isub__"] = _HANDLERS["sub_"]
 _HANDLERS["__imul__"] = _HANDLERS["mul_"]
 
@@ -388,6 +402,80 @@ def _pooled_parts(x, pads, border_value):
     return x.hr, x.lr
 
 
+#: Block parts whose conv output tile is at most this many pixels wide run as one
+#: gather-im2col + GEMM instead of a batched conv: oneDNN's kernels are tuned for wide maps and
+#: ran 1.5-3.3x slower per MAC on 4x4 / 2x2 output tiles than on the dense map (measured on the
+#: ResNet-18 trunk, 2 threads), while a GEMM over all tiles' pixels runs near peak.
+IM2COL_MAX_SIDE = 4
+
+_WEIGHT_CACHE: dict[int, tuple] = {}
+
+
+def _gemm_weight(weight: Tensor) -> Tensor:
+    """``[C_in*kh*kw, C_out]`` with rows ordered (ky, kx, c) to match channels-last im2col.
+
+    Cached per weight tensor (keyed by identity, invalidated by in-place updates through the
+    tensor version counter, dropped when the weight is freed).
+    """
+    key = id(weight)
+    hit = _WEIGHT_CACHE.get(key)
+    if hit is not None and hit[0]() is weight and hit[1] == weight._version:
+        return hit[2]
+    w2 = weight.detach().permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
+    ref = weakref.ref(weight, lambda _r, k=key: _WEIGHT_CACHE.pop(k, None))
+    _WEIGHT_CACHE[key] = (ref, weight._version, w2)
+    return w2
+
+
+def _im2col_index(x, st_pads, hr: bool, k, stride, dilation, out_side):
+    """Rows of the padded store feeding each (output pixel, tap): ``[P * kh * kw]``."""
+    g = x.grid
+    key = ("im2col", x.side, st_pads, hr, k, stride, dilation)
+    idx = g._cache.get(key)
+    if idx is None:
+        pt, pb, pl, pr = st_pads
+        side = x.side if hr else x.side // 2
+        hp, wp = side + pt + pb, side + pl + pr
+        nb = g.num_hr if hr else g.num_lr
+        base = 0 if hr else g.num_hr * (x.side + pt + pb) * (x.side + pl + pr)
+        dev = g.device
+        o = torch.arange(out_side, device=dev) * stride
+        ky = torch.arange(k[0], device=dev) * dilation[0]
+        kx = torch.arange(k[1], device=dev) * dilation[1]
+        rows = (o.view(-1, 1, 1, 1) + ky.view(1, 1, -1, 1)) * wp  # [oy, 1, ky, 1]
+        cols = o.view(1, -1, 1, 1) + kx.view(1, 1, 1, -1)  # [1, ox, 1, kx]
+        loc = (rows + cols).reshape(-1)  # (oy, ox, ky, kx)
+        blk = torch.arange(nb, device=dev).view(-1, 1) * (hp * wp)
+        idx = (base + blk + loc.view(1, -1)).reshape(-1)
+        g._cache[key] = idx
+    return idx
+
+
+def _conv_parts_im2col(x, weight, bias, pads, st, dilation, use_hr, use_lr, side):
+    """Conv of the selected parts through im2col + one GEMM; ``None`` for the others."""
+    hr_p, lr_p = padded_parts(x, pads)
+    store = x.store
+    flat = store.flat
+    w2 = _gemm_weight(weight)
+    kk = tuple(weight.shape[-2:])
+    dil = _pair(dilation)
+    idx, shapes = [], []
+    for use, is_hr, n, out in ((use_hr, True, x.grid.num_hr, side), (use_lr, False, x.grid.num_lr, side // 2)):
+        if use:
+            idx.append(_im2col_index(x, store.pads, is_hr, kk, st, dil, out))
+            shapes.append((n, out))
+    index = idx[0] if len(idx) == 1 else torch.cat(idx)
+    cols = flat.index_select(0, index).view(-1, w2.shape[0])
+    y = torch.addmm(bias, cols, w2) if bias is not None else torch.mm(cols, w2)
+    res, start = [], 0
+    for n, out in shapes:
+        rows = n * out * out
+        res.append(y[start : start + rows].view(n, out, out, -1).permute(0, 3, 1, 2))
+        start += rows
+    it = iter(res)
+    return (next(it) if use_hr else None), (next(it) if use_lr else None)
+
+
 @_register("conv2d")
 def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if not isinstance(x, BlockTensor):
@@ -401,13 +489,21 @@ def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         yh = F.conv2d(hr, weight, bias, 1, 0, 1, groups)
         yl = F.conv2d(lr, weight, bias, 1, 0, 1, groups)
         count_conv(weight, groups, yh, yl)
-        return x._derive(yh, yl, side)
-    hr, lr = _pooled_parts(x, pads, 0.0 if value is None else value)
-    yh = F.conv2d(hr, weight, bias, st, 0, dilation, groups)
-    yl = F.conv2d(lr, weight, bias, st, 0, dilation, groups)
-    yh, yl = _crop(yh, side), _crop(yl, side // 2)
+        return x._derive(yh, yl, side, owned=True)
+    use_hr = use_lr = False
+    if _fast() and groups == 1 and (value is None or value == 0) and any(pads):
+        use_hr = 0 < side <= IM2COL_MAX_SIDE and x.grid.num_hr > 0
+        use_lr = 0 < side // 2 <= IM2COL_MAX_SIDE and x.grid.num_lr > 0
+    if use_hr or use_lr:
+        yh, yl = _conv_parts_im2col(x, weight, bias, pads, st, dilation, use_hr, use_lr, side)
+    if not (use_hr and use_lr):
+        hr, lr = _pooled_parts(x, pads, 0.0 if value is None else value)
+        if not use_hr:
+            yh = _crop(F.conv2d(hr, weight, bias, st, 0, dilation, groups), side)
+        if not use_lr:
+            yl = _crop(F.conv2d(lr, weight, bias, st, 0, dilation, groups), side // 2)
     count_conv(weight, groups, yh, yl)
-    return x._derive(yh, yl, side)
+    return x._derive(yh, yl, side, owned=True)
 
 
 @_register("max_pool2d", "_max_pool2d", "max_pool2d_with_indices")

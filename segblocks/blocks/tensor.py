@@ -52,22 +52,71 @@ class UnsupportedBlockOp(TypeError):
     """An op was called on a :class:`BlockTensor` that has no block implementation."""
 
 
+def _storage_users(t: Tensor) -> int:
+    """References to ``t``'s storage (tensors and views), or a large number if unknown."""
+    try:
+        # One reference is the temporary storage object made by this call.
+        return torch._C._storage_Use_Count(t.untyped_storage()._cdata) - 1
+    except Exception:  # private API; without it the pool just never reuses
+        return 1 << 30
+
+
+class BufferPool:
+    """Reuses padded-buffer memory across forward passes (CPU, no autograd).
+
+    Why: glibc returns every freed allocation above 32 MB to the OS, so a fresh buffer is
+    page-faulted and zeroed by the kernel on first touch, which costs about as much as the
+    element-wise op that fills it. Dense networks avoid this with in-place activations; block
+    execution writes activations into new padded buffers, so it keeps its own. A buffer is
+    handed out again only when no tensor or view references its storage any more (checked
+    with the storage use count), so a caller holding an earlier output never sees it change.
+    """
+
+    def __init__(self, max_buffers: int = 48):
+        self.max_buffers = max_buffers
+        self.buffers: list[Tensor] = []
+
+    def get(self, rows: int, channels: int, dtype, device) -> Tensor:
+        need = rows * channels
+        best = None
+        for b in self.buffers:
+            if b.dtype == dtype and b.device == device and b.numel() >= need:
+                if (best is None or b.numel() < best.numel()) and _storage_users(b) <= 1:
+                    best = b
+        if best is None:
+            # Slack so that the next mask, with a few more HR blocks, still fits.
+            best = torch.empty(need + need // 4 + channels, dtype=dtype, device=device)
+            self.buffers.append(best)
+            if len(self.buffers) > self.max_buffers:
+                free = [b for b in self.buffers if _storage_users(b) <= 1 and b is not best]
+                if free:
+                    self.buffers.remove(min(free, key=Tensor.numel))
+        return best[:need].view(rows, channels)
+
+    def clear(self) -> None:
+        self.buffers.clear()
+
+
 class MarginProfile:
     """Learned halo widths per op position of a forward pass (speed only, never semantics).
 
     ``margins[k]`` is the ``(top, bottom, left, right)`` halo that the first padded consumer of
-    the k-th produced block tensor asked for in an earlier pass.
+    the k-th produced block tensor asked for in an earlier pass. The profile also owns the
+    :class:`BufferPool` of padded buffers (CPU only; CUDA has its own caching allocator).
     """
 
     def __init__(self):
         self.margins: dict[int, tuple[int, int, int, int]] = {}
+        self.pool = BufferPool()
 
     def record(self, op_id: int | None, pads) -> None:
         if op_id is not None:
             self.margins.setdefault(op_id, pads)
 
     def clear(self) -> None:
+        """Forget learned halos and release pooled buffers."""
         self.margins.clear()
+        self.pool.clear()
 
 
 _DEFAULT_PROFILE = MarginProfile()
@@ -103,7 +152,7 @@ class _Store:
 
     __slots__ = ("flat", "pads", "side", "nh", "nl", "rows_hr", "hp", "wp", "tp", "tw", "halo")
 
-    def __init__(self, grid: BlockGrid, side: int, pads, channels: int, dtype, device):
+    def __init__(self, grid: BlockGrid, side: int, pads, channels: int, dtype, device, trace=None):
         pt, pb, pl, pr = pads
         t = side // 2
         self.pads, self.side = pads, side
@@ -112,7 +161,11 @@ class _Store:
         self.tp, self.tw = t + pt + pb, t + pl + pr
         self.rows_hr = self.nh * self.hp * self.wp
         rows = self.rows_hr + self.nl * self.tp * self.tw
-        self.flat = torch.empty(rows, channels, dtype=dtype, device=device)
+        device = torch.device(device)
+        if trace is not None and device.type == "cpu" and _fast():
+            self.flat = trace.profile.pool.get(rows, channels, dtype, device)
+        else:
+            self.flat = torch.empty(rows, channels, dtype=dtype, device=device)
         self.halo = None  # key of the last halo fill
 
     def padded(self) -> tuple[Tensor, Tensor]:
@@ -164,6 +217,9 @@ class BlockTensor:
         self.op_id = op_id
         self.store = store
         self.pending_pad = pending_pad  # (top, bottom, left, right, value) from F.pad
+        # True when hr/lr are fresh outputs (conv, pool) that no other object shares, so an
+        # in-place op may really write into them.
+        self.owned = False
 
     # -------------------------------------------------------------- construction
     @classmethod
@@ -180,9 +236,9 @@ class BlockTensor:
             )
         return cls(hr, lr, grid, side, **kw)
 
-    def _derive(self, hr, lr, side=None, store=None) -> "BlockTensor":
+    def _derive(self, hr, lr, side=None, store=None, owned=False) -> "BlockTensor":
         trace = self.trace
-        return BlockTensor(
+        y = BlockTensor(
             hr,
             lr,
             self.grid,
@@ -192,11 +248,14 @@ class BlockTensor:
             op_id=trace.next() if trace is not None else None,
             store=store,
         )
+        y.owned = owned
+        return y
 
     def _assign(self, other: "BlockTensor") -> "BlockTensor":
         """In-place semantics: this object now holds ``other``'s value."""
         self.hr, self.lr, self.side = other.hr, other.lr, other.side
         self.op_id, self.store, self.pending_pad = other.op_id, other.store, other.pending_pad
+        self.owned = other.owned
         return self
 
     # -------------------------------------------------------------- tensor-like API
@@ -279,7 +338,9 @@ class BlockTensor:
         return torch.add(self, other)
 
     def __iadd__(self, other):
-        return self._assign(torch.add(self, other))
+        from .layers import inplace_add
+
+        return inplace_add(self, other)
 
     def __sub__(self, other):
         return torch.sub(self, other)
@@ -331,7 +392,7 @@ def _as_grid(grid, block_size) -> BlockGrid:
     return BlockGrid(grid, block_size)
 
 
-def _split(x: Tensor, grid: BlockGrid, side: int, store_pads=None):
+def _split(x: Tensor, grid: BlockGrid, side: int, store_pads=None, trace=None):
     """Split dense ``x [N, C, H, W]`` into HR blocks and 2x avg-pooled LR blocks of side ``side``.
 
     Returns ``(hr [Nh, C, s, s], lr [Nl, C, s/2, s/2], store)``; with ``store_pads`` the blocks
@@ -359,7 +420,7 @@ def _split(x: Tensor, grid: BlockGrid, side: int, store_pads=None):
     lr = F.avg_pool2d(lr.permute(0, 3, 1, 2), 2)
     store = None
     if store_pads is not None:
-        store = _Store(grid, s, store_pads, C, x.dtype, x.device)
+        store = _Store(grid, s, store_pads, C, x.dtype, x.device, trace)
         hi, li = store.interiors()
         hi.copy_(hr)
         li.copy_(lr)
@@ -406,7 +467,7 @@ def block_sample(
     op_id = trace.next()
     pads = trace.margins_for(op_id)
     with timed("sample", x.device):
-        hr, lr, store = _split(x, grid, grid.block_size, pads)
+        hr, lr, store = _split(x, grid, grid.block_size, pads, trace)
     return BlockTensor(
         hr, lr, grid, grid.block_size, pad_mode=pad_mode, trace=trace, op_id=op_id, store=store
     )
@@ -443,10 +504,12 @@ def _padded_parts(x, pads, border, value, mode):
         x.trace.profile.record(x.op_id, pads)
     st = x.store
     if st is None or st.pads != pads or not _fast():
-        st = _Store(x.grid, x.side, pads, x.channels, x.dtype, x.device)
+        st = _Store(x.grid, x.side, pads, x.channels, x.dtype, x.device, x.trace)
+        # Views are taken one at a time: under autograd the first copy_ turns the buffer into
+        # a graph node, and a view taken before that would still look like a leaf.
+        st.interiors()[0].copy_(x.hr)
+        st.interiors()[1].copy_(x.lr)
         hi, li = st.interiors()
-        hi.copy_(x.hr)
-        li.copy_(x.lr)
         if _fast():
             # Later consumers with the same halo (e.g. a residual branch) reuse this buffer.
             x.store, x.hr, x.lr = st, hi, li
@@ -545,7 +608,7 @@ def dense_fallback(fn, x: BlockTensor, *args, **kwargs) -> BlockTensor:
     trace = x.trace
     op_id = trace.next() if trace is not None else None
     pads = trace.margins_for(op_id) if trace is not None else None
-    hr, lr, store = _split(y, g, side, pads)
+    hr, lr, store = _split(y, g, side, pads, trace)
     return BlockTensor(
         hr, lr, g, side, pad_mode=x.pad_mode, trace=trace, op_id=op_id, store=store
     )
