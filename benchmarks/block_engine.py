@@ -1,0 +1,641 @@
+#!/usr/bin/env python
+"""Block-engine benchmark: measured vs theoretical (conv-MAC) speedup of block execution.
+
+Two parts (select one with ``--only``):
+
+trunk
+    timm ResNet-18 trunk (``features_only``, random weights, eval) on a 1x3x1024x2048 image,
+    block size 128 (an 8x16 grid). Dense latency, all-HR block latency and 20/40/60 % HR
+    latency. *Block time* = ``block_sample`` + trunk + ``block_combine`` of the last stage's
+    feature; *dense time* = dense trunk only. Every timed block run draws a new random mask
+    with exactly ``round(frac * 128)`` HR blocks, so building the per-mask metadata (grid,
+    pad plans) is part of the timing. Dense and block runs are interleaved
+    (dense, block A, dense, block B, ...) so machine noise hits both alike; figures are medians.
+    Theoretical speedup = dense conv MACs / block conv MACs (``BlockStats``); the share of
+    sample/pad/combine comes from *separate* profiled runs with ``BlockStats`` active (its
+    hooks add a little overhead), computed as block-op time / total time of that same run.
+
+basicblock
+    One timm ``BasicBlock(64, 64)`` (eval) on a 1x64x256x512 input: 50 % HR at block sizes
+    4..64 (paper Fig. 13a) and block 16 at 25/50/75/100 % HR (Fig. 13b). Two block timings:
+    ``full`` = block_sample + BasicBlock + block_combine (new mask inside the timing) and
+    ``fwd`` = the BasicBlock forward on an already sampled block tensor (sampling done outside
+    the timed region, new mask every run). The paper's Fig. 13 measures the residual block
+    itself, so the headline ``basicblock_speedup_over_theory_b32`` uses ``fwd``.
+
+Everything runs under ``torch.inference_mode()``, float32, channels-last, with eval batch
+norm folded into the convs when ``segblocks.blocks.fuse.fold_batchnorm`` exists (for the
+dense and the block model alike). One ``MarginProfile`` per model is reused across runs so
+the engine's in-place fast path is learned during warm-up.
+
+Usage::
+
+    python benchmarks/block_engine.py                 # full (a few minutes)
+    python benchmarks/block_engine.py --quick --json out.json
+    python benchmarks/block_engine.py --quick --only basicblock
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from segblocks.blocks import MarginProfile, block_combine, block_sample
+from segblocks.blocks.stats import BlockStats
+
+try:
+    from segblocks.blocks.fuse import fold_batchnorm
+except ImportError:  # the fuse module is optional (added later)
+    fold_batchnorm = None
+
+TRUNK_SIZE = (1024, 2048)
+TRUNK_BLOCK = 128
+TRUNK_FRACS = (0.2, 0.4, 0.6)
+BB_CHANNELS = 64
+BB_SIZE = (256, 512)
+BB_BLOCK_SIZES = (4, 8, 16, 32, 64)  # Fig. 13a, at 50 % HR
+BB_FRAC_BLOCK = 16
+BB_FRACS = (0.25, 0.5, 0.75, 1.0)  # Fig. 13b, at block 16
+
+
+# ---------------------------------------------------------------------------- helpers
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def allocator() -> str:
+    pre = os.environ.get("LD_PRELOAD", "")
+    for name in ("jemalloc", "tcmalloc", "mimalloc"):
+        if name in pre:
+            return f"{name} (LD_PRELOAD)"
+    return "glibc malloc"
+
+
+def cpu_snapshot():
+    """(wall s, busy CPU s of the whole machine, steal s, CPU s of this process) or None."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    busy = v[0] + v[1] + v[2] + v[5] + v[6]  # user nice system irq softirq
+    steal = v[7] if len(v) > 7 else 0
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return time.monotonic(), busy / hz, steal / hz, r.ru_utime + r.ru_stime
+
+
+def foreign_load(a, b) -> dict | None:
+    """Average CPU cores used by *other* processes (and hypervisor steal) between snapshots."""
+    if a is None or b is None or b[0] <= a[0]:
+        return None
+    wall = b[0] - a[0]
+    return {
+        "other_processes_cores": max(0.0, ((b[1] - a[1]) - (b[3] - a[3])) / wall),
+        "steal_cores": (b[2] - a[2]) / wall,
+        "wall_s": wall,
+    }
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def random_mask(gen: torch.Generator, gh: int, gw: int, n_hr: int) -> torch.Tensor:
+    """``[1, gh, gw]`` bool mask with exactly ``n_hr`` HR cells at random positions."""
+    flat = torch.zeros(gh * gw, dtype=torch.bool)
+    flat[torch.randperm(gh * gw, generator=gen)[:n_hr]] = True
+    return flat.view(1, gh, gw)
+
+
+def dense_conv_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Conv2d MACs of a dense forward (``out_pixels * C_out * C_in/groups * kh * kw``)."""
+    total = [0]
+
+    def hook(mod, inp, out):
+        n, co, ho, wo = out.shape
+        total[0] += (
+            n * ho * wo * co * mod.weight.shape[1] * mod.weight.shape[2] * mod.weight.shape[3]
+        )
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        model(x)
+    finally:
+        for h in hs:
+            h.remove()
+    return total[0]
+
+
+def prepare(model: nn.Module) -> tuple[nn.Module, bool]:
+    model = model.eval()
+    folded = False
+    if fold_batchnorm is not None:
+        out = fold_batchnorm(model)
+        model = out if out is not None else model
+        folded = True
+    return model.to(memory_format=torch.channels_last), folded
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def clock(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+# ---------------------------------------------------------------------------- trunk
+def bench_trunk(args, gen, log) -> dict:
+    import timm
+
+    H, W = TRUNK_SIZE
+    bs = TRUNK_BLOCK
+    gh, gw = H // bs, W // bs
+    G = gh * gw
+    model, folded = prepare(timm.create_model("resnet18", features_only=True, pretrained=False))
+    x = torch.randn(1, 3, H, W, generator=gen).contiguous(memory_format=torch.channels_last)
+    prof = MarginProfile()
+    fracs = (1.0,) + tuple(TRUNK_FRACS)
+    n_hr = {f: round(f * G) for f in fracs}
+
+    def dense_run():
+        return model(x)
+
+    def block_run(frac, mask=None):
+        mask = random_mask(gen, gh, gw, n_hr[frac]) if mask is None else mask
+        # the timed region starts here: mask metadata, sample, trunk, combine
+        t0 = time.perf_counter()
+        xb = block_sample(x, mask, bs, profile=prof)
+        outs = model(xb)
+        y = block_combine(outs[-1])
+        return time.perf_counter() - t0, y
+
+    log(f"[trunk] 1x3x{H}x{W}, block {bs} (grid {gh}x{gw}), fracs {fracs}")
+    with torch.inference_mode():
+        dense_macs = dense_conv_macs(model, x)
+        # sanity: all-HR block output equals the dense output
+        d_out = model(x)
+        _, y = block_run(1.0, torch.ones(1, gh, gw, dtype=torch.bool))
+        allhr_err = rel_err(y, d_out[-1])
+        del d_out, y
+
+        dense_t: dict[float, list[float]] = {f: [] for f in fracs}  # dense runs paired with f
+        block_t: dict[float, list[float]] = {f: [] for f in fracs}
+        paired: dict[float, list[float]] = {f: [] for f in fracs}
+        for r in range(args.warmup + args.runs):
+            warm = r < args.warmup
+            for f in fracs:  # interleaved: dense, block f, dense, block f', ...
+                td, _ = clock(dense_run)
+                tb, _ = block_run(f)
+                if not warm:
+                    dense_t[f].append(td)
+                    block_t[f].append(tb)
+                    paired[f].append(td / tb)
+            log(
+                f"  round {r + 1}/{args.warmup + args.runs}{' (warm-up)' if warm else ''}: "
+                f"dense {td:.3f}s, last block {tb:.3f}s"
+            )
+
+        # separate profiled runs (BlockStats hooks active) for MACs and op shares
+        prof_res: dict[float, dict] = {}
+        for f in fracs:
+            shares = {k: [] for k in ("sample", "pad", "combine", "block_ops")}
+            totals, macs = [], None
+            for _ in range(args.profile_runs):
+                with BlockStats() as st:
+                    tb, _ = block_run(f)
+                totals.append(tb)
+                for k in ("sample", "pad", "combine"):
+                    shares[k].append(st.times[k] / tb)
+                shares["block_ops"].append(st.block_ops_time() / tb)
+                m = (int(st.macs["hr"]), int(st.macs["lr"]))
+                if macs is not None and m != macs:
+                    raise AssertionError(
+                        f"conv MACs differ between masks with the same HR count: {m} vs {macs}"
+                    )
+                macs = m
+            prof_res[f] = {
+                "profiled_total_s": median(totals),
+                "shares": {k: median(v) for k, v in shares.items()},
+                "macs_hr": macs[0],
+                "macs_lr": macs[1],
+            }
+
+    allhr_macs = prof_res[1.0]["macs_hr"] + prof_res[1.0]["macs_lr"]
+    assert allhr_macs == dense_macs, (
+        f"all-HR block conv MACs {allhr_macs} != dense conv MACs {dense_macs}"
+    )
+    all_dense = [t for f in fracs for t in dense_t[f]]
+    configs = []
+    for f in fracs:
+        p = prof_res[f]
+        bmacs = p["macs_hr"] + p["macs_lr"]
+        med = median(block_t[f])
+        dmed = median(dense_t[f])
+        speedup = dmed / med
+        theory = dense_macs / bmacs
+        configs.append(
+            {
+                "hr_frac": f,
+                "n_hr": n_hr[f],
+                "n_blocks": G,
+                "median_s": med,
+                "times_s": block_t[f],
+                "dense_median_s": dmed,
+                "dense_times_s": dense_t[f],
+                # min-based figures: on a shared machine noise only adds time
+                "min_s": min(block_t[f]),
+                "dense_min_s": min(dense_t[f]),
+                "speedup_min": min(dense_t[f]) / min(block_t[f]),
+                "ratio_min": min(dense_t[f]) / min(block_t[f]) / theory,
+                "speedup": speedup,
+                "speedup_paired_median": median(paired[f]),
+                "theory": theory,
+                "ratio": speedup / theory,
+                "macs_hr": p["macs_hr"],
+                "macs_lr": p["macs_lr"],
+                "macs_total": bmacs,
+                "profiled_total_s": p["profiled_total_s"],
+                "shares": p["shares"],
+            }
+        )
+    return {
+        "input": [1, 3, H, W],
+        "block_size": bs,
+        "grid": [gh, gw],
+        "bn_folded": folded,
+        "allhr_rel_err": allhr_err,
+        "dense": {"median_s": median(all_dense), "times_s": all_dense, "conv_macs": dense_macs},
+        "configs": configs,
+    }
+
+
+def print_trunk(res: dict, out) -> None:
+    H, W = res["input"][2:]
+    d = res["dense"]
+    p = lambda s="": print(s, file=out)
+    p(
+        f"== ResNet-18 trunk, 1x3x{H}x{W}, block {res['block_size']} "
+        f"(grid {res['grid'][0]}x{res['grid'][1]}) =="
+    )
+    p("block time = block_sample + trunk + block_combine(last stage); dense time = dense trunk")
+    p("shares: separate profiled runs with BlockStats; op time / total time of the same run")
+    p(
+        f"dense: {d['median_s'] * 1e3:.1f} ms (median), conv {d['conv_macs'] / 1e9:.2f} GMACs; "
+        f"all-HR vs dense rel. err {res['allhr_rel_err']:.2e}"
+    )
+    hdr = (
+        f"{'HR %':>5} {'#HR':>4} {'GMACs':>6} {'dense ms':>9} {'block ms':>9} {'speedup':>8} "
+        f"{'paired':>7} {'theory':>7} {'ratio':>6} | {'sample':>6} {'pad':>6} {'combine':>7} "
+        f"{'ops':>6}"
+    )
+    p(hdr)
+    p("-" * len(hdr))
+    for c in res["configs"]:
+        s = c["shares"]
+        p(
+            f"{c['hr_frac'] * 100:5.0f} {c['n_hr']:4d} {c['macs_total'] / 1e9:6.2f} "
+            f"{c['dense_median_s'] * 1e3:9.1f} {c['median_s'] * 1e3:9.1f} {c['speedup']:8.3f} "
+            f"{c['speedup_paired_median']:7.3f} {c['theory']:7.3f} {c['ratio']:6.3f} | "
+            f"{s['sample'] * 100:5.1f}% {s['pad'] * 100:5.1f}% {s['combine'] * 100:6.1f}% "
+            f"{s['block_ops'] * 100:5.1f}%"
+        )
+    p("dense ms = median of the dense runs interleaved with that row's block runs; speedup =")
+    p("dense ms / block ms; paired = median over rounds of (dense / block) of adjacent runs;")
+    p(
+        "theory = dense conv MACs / block conv MACs; ratio = speedup / theory; "
+        "ops = sample+pad+combine"
+    )
+
+
+# ---------------------------------------------------------------------------- basicblock
+def bench_basicblock(args, gen, log) -> dict:
+    from timm.models.resnet import BasicBlock
+
+    C = BB_CHANNELS
+    H, W = BB_SIZE
+    model, folded = prepare(BasicBlock(C, C))
+    x = torch.randn(1, C, H, W, generator=gen).contiguous(memory_format=torch.channels_last)
+    prof = MarginProfile()
+    cfgs = [(b, 0.5) for b in BB_BLOCK_SIZES]
+    cfgs += [(BB_FRAC_BLOCK, f) for f in BB_FRACS if (BB_FRAC_BLOCK, f) not in cfgs]
+
+    def n_hr(b, f):
+        return round(f * (H // b) * (W // b))
+
+    def new_mask(b, f):
+        return random_mask(gen, H // b, W // b, n_hr(b, f))
+
+    def full_run(b, f):
+        mask = new_mask(b, f)
+        t0 = time.perf_counter()
+        y = block_combine(model(block_sample(x, mask, b, profile=prof)))
+        return time.perf_counter() - t0, y
+
+    def fwd_run(b, f):
+        xb = block_sample(x, new_mask(b, f), b, profile=prof)  # outside the timed region
+        t0 = time.perf_counter()
+        y = model(xb)
+        return time.perf_counter() - t0, y
+
+    log(f"[basicblock] 1x{C}x{H}x{W}, configs {cfgs}")
+    with torch.inference_mode():
+        dense_macs = dense_conv_macs(model, x)
+        d_out = model(x)
+        allhr = block_combine(
+            model(
+                block_sample(x, torch.ones(1, H // 16, W // 16, dtype=torch.bool), 16, profile=prof)
+            )
+        )
+        allhr_err = rel_err(allhr, d_out)
+        del d_out, allhr
+
+        dense_t = {c: [] for c in cfgs}  # dense runs interleaved with config c
+        full_t = {c: [] for c in cfgs}
+        fwd_t = {c: [] for c in cfgs}
+        # rounds over all configs (not config after config), so that slow phases of a shared
+        # machine spread over every row instead of hitting a few rows
+        for r in range(args.warmup + args.runs):
+            warm = r < args.warmup
+            for c in cfgs:
+                td, _ = clock(lambda: model(x))
+                tf, _ = full_run(*c)
+                td2, _ = clock(lambda: model(x))
+                tw, _ = fwd_run(*c)
+                if not warm:
+                    dense_t[c] += [td, td2]
+                    full_t[c].append(tf)
+                    fwd_t[c].append(tw)
+            log(
+                f"  round {r + 1}/{args.warmup + args.runs}{' (warm-up)' if warm else ''}: "
+                f"last dense {td2 * 1e3:.1f} ms, full {tf * 1e3:.1f} ms, fwd {tw * 1e3:.1f} ms"
+            )
+
+        macs = {}
+        for c in cfgs:
+            with BlockStats() as st:
+                full_run(*c)
+            macs[c] = (int(st.macs["hr"]), int(st.macs["lr"]))
+
+    full_hr = (BB_FRAC_BLOCK, 1.0)
+    if full_hr in macs:
+        assert sum(macs[full_hr]) == dense_macs, (
+            f"all-HR block conv MACs {sum(macs[full_hr])} != dense conv MACs {dense_macs}"
+        )
+    all_dense = [t for c in cfgs for t in dense_t[c]]
+    rows = []
+    for c in cfgs:
+        b, f = c
+        dense_med = median(dense_t[c])
+        bm = sum(macs[c])
+        theory = dense_macs / bm
+        mf, mw = median(full_t[c]), median(fwd_t[c])
+        rows.append(
+            {
+                "block_size": b,
+                "hr_frac": f,
+                "n_hr": n_hr(b, f),
+                "n_blocks": (H // b) * (W // b),
+                "macs_hr": macs[c][0],
+                "macs_lr": macs[c][1],
+                "macs_total": bm,
+                "theory": theory,
+                "dense_median_s": dense_med,
+                "dense_times_s": dense_t[c],
+                "full_median_s": mf,
+                "full_times_s": full_t[c],
+                "full_speedup": dense_med / mf,
+                "full_ratio": dense_med / mf / theory,
+                "fwd_median_s": mw,
+                "fwd_times_s": fwd_t[c],
+                "fwd_speedup": dense_med / mw,
+                "fwd_ratio": dense_med / mw / theory,
+                # min-based figures: on a shared machine noise only adds time
+                "dense_min_s": min(dense_t[c]),
+                "full_min_s": min(full_t[c]),
+                "fwd_min_s": min(fwd_t[c]),
+                "full_ratio_min": min(dense_t[c]) / min(full_t[c]) / theory,
+                "fwd_ratio_min": min(dense_t[c]) / min(fwd_t[c]) / theory,
+            }
+        )
+    return {
+        "input": [1, C, H, W],
+        "bn_folded": folded,
+        "allhr_rel_err_b16": allhr_err,
+        "dense": {"median_s": median(all_dense), "times_s": all_dense, "conv_macs": dense_macs},
+        "configs": rows,
+    }
+
+
+def print_basicblock(res: dict, out) -> None:
+    p = lambda s="": print(s, file=out)
+    _, C, H, W = res["input"]
+    d = res["dense"]
+    p(f"== ResNet BasicBlock({C}, {C}), 1x{C}x{H}x{W} (paper Fig. 13) ==")
+    p(
+        "full = block_sample + BasicBlock + block_combine (new mask inside timing); "
+        "fwd = BasicBlock forward on a pre-sampled block tensor (headline, as in Fig. 13)"
+    )
+    p(
+        f"dense: {d['median_s'] * 1e3:.1f} ms (median), conv {d['conv_macs'] / 1e9:.2f} GMACs; "
+        f"all-HR (b16) vs dense rel. err {res['allhr_rel_err_b16']:.2e}"
+    )
+    hdr = (
+        f"{'block':>5} {'HR %':>5} {'GMACs':>6} {'theory':>7} {'dense ms':>9} | {'fwd ms':>8} "
+        f"{'speedup':>8} {'ratio':>6} | {'full ms':>8} {'speedup':>8} {'ratio':>6}"
+    )
+    p(hdr)
+    p("-" * len(hdr))
+    for r in res["configs"]:
+        p(
+            f"{r['block_size']:5d} {r['hr_frac'] * 100:5.0f} {r['macs_total'] / 1e9:6.2f} "
+            f"{r['theory']:7.3f} {r['dense_median_s'] * 1e3:9.1f} | "
+            f"{r['fwd_median_s'] * 1e3:8.1f} {r['fwd_speedup']:8.3f} {r['fwd_ratio']:6.3f} | "
+            f"{r['full_median_s'] * 1e3:8.1f} {r['full_speedup']:8.3f} {r['full_ratio']:6.3f}"
+        )
+    p(
+        "dense ms = median of the dense runs interleaved with that row; speedup = dense ms / "
+        "block ms;"
+    )
+    p("theory = dense conv MACs / block conv MACs; ratio = speedup / theory")
+
+
+# ---------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description="Benchmark SegBlocks block execution: measured vs theoretical (conv MAC) "
+        "speedup on a ResNet-18 trunk (1x3x1024x2048, block 128) and a single BasicBlock "
+        "(paper Fig. 13).",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer repetitions (3 runs, 1 warm-up, 1 profiled run); same sizes",
+    )
+    ap.add_argument("--json", metavar="PATH", help="write all figures to this JSON file")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    ap.add_argument("--runs", type=int, help="timed runs per configuration (default 5; quick 3)")
+    ap.add_argument(
+        "--warmup", type=int, help="warm-up runs per configuration (default 2; quick 1)"
+    )
+    ap.add_argument(
+        "--profile-runs",
+        type=int,
+        help="BlockStats-profiled trunk runs per config for the op shares (default 2; quick 1)",
+    )
+    ap.add_argument("--only", choices=("trunk", "basicblock"), help="run one part only")
+    ap.add_argument("--seed", type=int, default=0, help="seed for inputs and masks (default 0)")
+    args = ap.parse_args(argv)
+    if args.runs is None:
+        args.runs = 3 if args.quick else 5
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    if args.profile_runs is None:
+        args.profile_runs = 1 if args.quick else 2
+    if args.runs < 1 or args.warmup < 0 or args.profile_runs < 1 or args.threads < 1:
+        ap.error("--runs, --profile-runs and --threads must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+    out = sys.stdout
+
+    machine = {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "allocator": allocator(),
+    }
+    config = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "profile_runs": args.profile_runs,
+        "threads": args.threads,
+        "seed": args.seed,
+        "torch": torch.__version__,
+        "dtype": "float32",
+        "channels_last": True,
+        "bn_folded": fold_batchnorm is not None,
+        "inference_mode": True,
+        "trunk": {
+            "model": "timm resnet18 features_only, random weights",
+            "input": [1, 3, *TRUNK_SIZE],
+            "block_size": TRUNK_BLOCK,
+            "hr_fracs": [1.0, *TRUNK_FRACS],
+        },
+        "basicblock": {
+            "model": f"timm BasicBlock({BB_CHANNELS}, {BB_CHANNELS})",
+            "input": [1, BB_CHANNELS, *BB_SIZE],
+            "block_sizes_at_50": list(BB_BLOCK_SIZES),
+            "fracs_at_block": BB_FRAC_BLOCK,
+            "hr_fracs": list(BB_FRACS),
+        },
+        "only": args.only,
+    }
+
+    res: dict = {"config": config, "machine": machine}
+    snap0 = cpu_snapshot()
+    if args.only in (None, "trunk"):
+        res["trunk"] = bench_trunk(args, gen, log)
+    if args.only in (None, "basicblock"):
+        res["basicblock"] = bench_basicblock(args, gen, log)
+    load = foreign_load(snap0, cpu_snapshot())
+    machine["load_during_run"] = load
+
+    # headline figures
+    if "trunk" in res:
+        by = {c["hr_frac"]: c for c in res["trunk"]["configs"]}
+        res["trunk_speedup_over_theory_40"] = by[0.4]["ratio"]
+        res["trunk_all_hr_overhead"] = by[1.0]["median_s"] / by[1.0]["dense_median_s"] - 1
+        res["trunk_block_ops_share_40"] = by[0.4]["shares"]["block_ops"]
+    if "basicblock" in res:
+        b32 = next(
+            r for r in res["basicblock"]["configs"] if r["block_size"] == 32 and r["hr_frac"] == 0.5
+        )
+        res["basicblock_speedup_over_theory_b32"] = b32["fwd_ratio"]
+
+    p = lambda s="": print(s, file=out)
+    p("SegBlocks block-engine benchmark")
+    p(
+        f"machine   : {machine['platform']}; CPU {machine['cpu']} "
+        f"({machine['logical_cpus']} logical); "
+        f"threads {machine['threads']}"
+    )
+    p(
+        f"software  : python {machine['python']}, torch {machine['torch']}, "
+        f"allocator {machine['allocator']}"
+    )
+    p(
+        f"settings  : float32, channels_last, inference_mode, BN folded: "
+        f"{'yes' if config['bn_folded'] else 'no'}"
+    )
+    p(
+        f"repetition: median of {args.runs} timed runs after {args.warmup} warm-up; "
+        f"{args.profile_runs} profiled run(s) per trunk config; seed {args.seed}; "
+        f"new random mask every run; dense/block runs interleaved"
+    )
+    p(f"date      : {config['date']}")
+    if load is not None:
+        p(
+            f"noise     : during the run other processes used {load['other_processes_cores']:.2f} "
+            f"cores on average, hypervisor steal {load['steal_cores']:.2f} cores "
+            f"(wall {load['wall_s']:.0f} s)"
+        )
+    if "trunk" in res:
+        p()
+        print_trunk(res["trunk"], out)
+    if "basicblock" in res:
+        p()
+        print_basicblock(res["basicblock"], out)
+    p()
+    p("headline:")
+    for k in (
+        "trunk_speedup_over_theory_40",
+        "trunk_all_hr_overhead",
+        "trunk_block_ops_share_40",
+        "basicblock_speedup_over_theory_b32",
+    ):
+        if k in res:
+            p(f"  {k:36s} {res[k]:.3f}")
+    if "basicblock_speedup_over_theory_b32" in res:
+        p("  (basicblock figure: block forward only, 50% HR, block 32, as in paper Fig. 13)")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
