@@ -252,7 +252,10 @@ class BlockGrid:
         X = X.clamp(0, W - 1)
         if border == "replicate":
             inside = torch.ones_like(inside)
-        ny, nx = torch.div(Y, side, rounding_mode="floor"), torch.div(X, side, rounding_mode="floor")
+        ny, nx = (
+            torch.div(Y, side, rounding_mode="floor"),
+            torch.div(X, side, rounding_mode="floor"),
+        )
         qy, qx = Y - ny * side, X - nx * side  # pixel inside the neighbour, requester's resolution
         if mode == "zero":
             inside = inside & (ny == gy.view(-1, 1)) & (nx == gx.view(-1, 1))
@@ -296,7 +299,7 @@ class BlockGrid:
             self._cache[key] = idx
         return idx
 
-    def same_decisions(self, other: "BlockGrid") -> bool:
+    def same_decisions(self, other: BlockGrid) -> bool:
         return other is self or (
             self.mask.shape == other.mask.shape
             and self.block_size == other.block_size

@@ -224,9 +224,9 @@ for _name, _fn in [
     ("exp", torch.exp),
 ]:
     _register(_name)(_unary(_name, _fn))
-    _HANDLERS[_name + "_"] = (
-        lambda n: lambda x, *a, **k: x._assign(_HANDLERS[n](x, *a, **k))
-    )(_name)
+    _HANDLERS[_name + "_"] = (lambda n: lambda x, *a, **k: x._assign(_HANDLERS[n](x, *a, **k)))(
+        _name
+    )
 
 
 @_register("dropout", "dropout1d", "alpha_dropout", "feature_alpha_dropout")
@@ -267,6 +267,8 @@ def inplace_add(x, other, alpha=1):
         oh, ol = _other_part(x, other, "add_")
         x.hr.add_(oh, alpha=alpha)
         x.lr.add_(ol, alpha=alpha)
+        if x.store is not None:
+            x.store.halo = None  # the interior changed: the halo must be refilled
         x.op_id = x.trace.next() if x.trace is not None else None
         return x
     return x._assign(_HANDLERS["add"](x, other, alpha=alpha))
@@ -316,7 +318,9 @@ def _batch_norm(
     if training or running_mean is None:
         # Joint statistics over every processed pixel, HR and LR alike (each counts once).
         C = x.channels
-        flat = torch.cat([x.hr.permute(0, 2, 3, 1).reshape(-1, C), x.lr.permute(0, 2, 3, 1).reshape(-1, C)])
+        flat = torch.cat(
+            [x.hr.permute(0, 2, 3, 1).reshape(-1, C), x.lr.permute(0, 2, 3, 1).reshape(-1, C)]
+        )
         y = F.batch_norm(flat, running_mean, running_var, weight, bias, True, momentum, eps)
         nh = x.hr.numel() // C
         s, t = x.side, x.side // 2
@@ -356,8 +360,30 @@ def _same_size_check(op, side, k, st, dil, total, H):
         )
 
 
-def _geometry(op, x, kernel, stride, padding, dilation):
-    """Halo ``(top, bottom, left, right)`` and stride for a padded op on ``x``."""
+def _check_ceil(op, x, kernel, stride, padding, dilation):
+    """``ceil_mode=True`` is fine only where it gives the same size as floor mode."""
+    kh, _ = _pair(kernel, "kernel_size")
+    sh, _ = _pair(stride if stride not in (None, ()) else kernel, "stride")
+    ph, _ = _pair(padding, "padding") if not isinstance(padding, str) else (0, 0)
+    dh, _ = _pair(dilation, "dilation")
+    H = x.shape[-2]
+    eff = dh * (kh - 1) + 1
+    floor_out = (H + 2 * ph - eff) // sh + 1
+    ceil_out = -(-(H + 2 * ph - eff) // sh) + 1
+    if ceil_out != floor_out and (ceil_out - 1) * sh < H + ph:
+        raise ValueError(
+            f"{op} with ceil_mode=True maps {H} px to {ceil_out} px, not {H // sh}; block "
+            "execution needs the floor-mode size: pass ceil_mode=False or use DenseFallback"
+        )
+
+
+def _geometry(op, x, kernel, stride, padding, dilation, own_pad_value=0.0):
+    """Halo ``(top, bottom, left, right)``, stride and border value for a padded op on ``x``.
+
+    ``own_pad_value`` is the value the op itself pads with (0 for conv / avg pool, ``-inf`` for
+    max pool); a pending ``F.pad`` with another value can only be merged when the op itself
+    does not pad.
+    """
     kh, kw = _pair(kernel, "kernel_size")
     sh, sw = _pair(stride if stride not in (None, ()) else kernel, "stride")
     dh, dw = _pair(dilation, "dilation")
@@ -367,6 +393,11 @@ def _geometry(op, x, kernel, stride, padding, dilation):
         if padding == "valid":
             padding = 0
         elif padding == "same":
+            if sh != 1:
+                raise ValueError(
+                    f"{op} padding='same' with stride {sh}: PyTorch rejects it for strided "
+                    "convolutions too; give explicit padding"
+                )
             th, tw = dh * (kh - 1), dw * (kw - 1)
             padding = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
         else:
@@ -379,8 +410,11 @@ def _geometry(op, x, kernel, stride, padding, dilation):
     value = None
     if x.pending_pad is not None:
         qt, qb, ql, qr, value = x.pending_pad
-        if value != 0 and (pt or pb or pl or pr):
-            raise UnsupportedBlockOp(f"F.pad with value {value} followed by a padded {op}")
+        if value != own_pad_value and (pt or pb or pl or pr):
+            raise UnsupportedBlockOp(
+                f"F.pad with value {value} followed by {op} with its own padding {padding}: "
+                "two different border values; pad once (F.pad) or use DenseFallback"
+            )
         pt, pb, pl, pr = pt + qt, pb + qb, pl + ql, pr + qr
     H = x.grid.GH * x.side
     _same_size_check(op, x.side, kh, sh, dh, pt + pb, H)
@@ -460,7 +494,10 @@ def _conv_parts_im2col(x, weight, bias, pads, st, dilation, use_hr, use_lr, side
     kk = tuple(weight.shape[-2:])
     dil = _pair(dilation)
     idx, shapes = [], []
-    for use, is_hr, n, out in ((use_hr, True, x.grid.num_hr, side), (use_lr, False, x.grid.num_lr, side // 2)):
+    for use, is_hr, n, out in (
+        (use_hr, True, x.grid.num_hr, side),
+        (use_lr, False, x.grid.num_lr, side // 2),
+    ):
         if use:
             idx.append(_im2col_index(x, store.pads, is_hr, kk, st, dil, out))
             shapes.append((n, out))
@@ -512,9 +549,13 @@ def _max_pool2d(
 ):
     if return_indices:
         raise UnsupportedBlockOp("max_pool2d(return_indices=True) on block tensors")
-    pads, st, _ = _geometry("max_pool2d", x, kernel_size, stride, padding, dilation)
+    if ceil_mode:
+        _check_ceil("max_pool2d", x, kernel_size, stride, padding, dilation)
+    pads, st, value = _geometry(
+        "max_pool2d", x, kernel_size, stride, padding, dilation, own_pad_value=float("-inf")
+    )
     side = x.side // st
-    hr, lr = _pooled_parts(x, pads, float("-inf"))
+    hr, lr = _pooled_parts(x, pads, float("-inf") if value is None else value)
     yh = F.max_pool2d(hr, kernel_size, st, 0, dilation)
     yl = F.max_pool2d(lr, kernel_size, st, 0, dilation)
     return x._derive(_crop(yh, side), _crop(yl, side // 2), side)
@@ -530,6 +571,8 @@ def _avg_pool2d(
     count_include_pad=True,
     divisor_override=None,
 ):
+    if ceil_mode:
+        _check_ceil("avg_pool2d", x, kernel_size, stride, padding, 1)
     pads, st, value = _geometry("avg_pool2d", x, kernel_size, stride, padding, 1)
     if any(pads) and not count_include_pad:
         raise UnsupportedBlockOp(
@@ -553,8 +596,16 @@ def _pad(x, pad, mode="constant", value=None):
         pad = pad + (0, 0)
     if len(pad) != 4:
         raise UnsupportedBlockOp(f"F.pad {pad} on block tensors pads the last two dims only")
+    if any(p < 0 for p in pad):
+        raise ValueError(
+            f"F.pad {pad} crops (negative widths); block tensors cannot be cropped, "
+            "use DenseFallback"
+        )
     pl, pr, pt, pb = pad
     value = 0.0 if value is None else float(value)
+    # The padded tensor shares its blocks with x (the pad is applied lazily by the next op),
+    # so neither may be written in place any more.
+    x.owned = False
     if x.pending_pad is not None:
         qt, qb, ql, qr, v0 = x.pending_pad
         if v0 != value:
@@ -591,12 +642,10 @@ def _interpolate(
         sz = _pair(size, "size")
         factor = sz[0] / H if sz[0] * W == sz[1] * H else None
     else:
-        f = _pair(scale_factor, "scale_factor") if not isinstance(scale_factor, float) else None
-        if isinstance(scale_factor, float) or f is None:
-            fs = scale_factor if isinstance(scale_factor, (list, tuple)) else (scale_factor,) * 2
-            factor = float(fs[0]) if float(fs[0]) == float(fs[1]) else None
-        else:
-            factor = float(f[0]) if f[0] == f[1] else None
+        fs = scale_factor if isinstance(scale_factor, (list, tuple)) else (scale_factor,) * 2
+        if len(fs) != 2:
+            raise ValueError(f"scale_factor {scale_factor!r} must be a number or a pair")
+        factor = float(fs[0]) if float(fs[0]) == float(fs[1]) else None
     if factor != 2.0:
         raise UnsupportedBlockOp(
             f"interpolate to {size or scale_factor} from {H}x{W}: block tensors support 2x "

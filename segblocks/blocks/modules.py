@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .tensor import BlockTensor, MarginProfile, block_combine, block_pad, block_sample, dense_fallback
+from .tensor import (
+    BlockTensor,
+    MarginProfile,
+    block_combine,
+    block_pad,
+    block_sample,
+    dense_fallback,
+)
 
 __all__ = ["BlockSample", "BlockPad", "BlockCombine", "DenseFallback"]
 

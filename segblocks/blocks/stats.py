@@ -25,10 +25,10 @@ import torch
 
 __all__ = ["BlockStats", "active"]
 
-_ACTIVE: list["BlockStats"] = []
+_ACTIVE: list[BlockStats] = []
 
 
-def active() -> "BlockStats | None":
+def active() -> BlockStats | None:
     return _ACTIVE[-1] if _ACTIVE else None
 
 
@@ -41,7 +41,7 @@ class BlockStats:
         self.macs: dict[str, int] = defaultdict(int)
         self._depth = 0
 
-    def __enter__(self) -> "BlockStats":
+    def __enter__(self) -> BlockStats:
         _ACTIVE.append(self)
         return self
 

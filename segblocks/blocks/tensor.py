@@ -236,7 +236,7 @@ class BlockTensor:
             )
         return cls(hr, lr, grid, side, **kw)
 
-    def _derive(self, hr, lr, side=None, store=None, owned=False) -> "BlockTensor":
+    def _derive(self, hr, lr, side=None, store=None, owned=False) -> BlockTensor:
         trace = self.trace
         y = BlockTensor(
             hr,
@@ -251,7 +251,7 @@ class BlockTensor:
         y.owned = owned
         return y
 
-    def _assign(self, other: "BlockTensor") -> "BlockTensor":
+    def _assign(self, other: BlockTensor) -> BlockTensor:
         """In-place semantics: this object now holds ``other``'s value."""
         self.hr, self.lr, self.side = other.hr, other.lr, other.side
         self.op_id, self.store, self.pending_pad = other.op_id, other.store, other.pending_pad
@@ -297,7 +297,7 @@ class BlockTensor:
     def requires_grad(self) -> bool:
         return self.hr.requires_grad or self.lr.requires_grad
 
-    def contiguous(self, memory_format=None) -> "BlockTensor":
+    def contiguous(self, memory_format=None) -> BlockTensor:
         return self
 
     def is_contiguous(self, memory_format=None) -> bool:
@@ -491,26 +491,36 @@ def _fill_halo(store: _Store, grid: BlockGrid, mode: str, border: str, value: fl
 
 
 def padded_parts(
-    x: BlockTensor, pads, *, border: str = "zeros", value: float = 0.0, mode: str | None = None
+    x: BlockTensor,
+    pads,
+    *,
+    border: str = "zeros",
+    value: float = 0.0,
+    mode: str | None = None,
+    fresh: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Padded HR and LR blocks of ``x`` for an op that pads by ``pads`` (see :func:`block_pad`)."""
+    """Padded HR and LR blocks of ``x`` for an op that pads by ``pads`` (see :func:`block_pad`).
+
+    Without ``fresh`` (the layers' path) the result may be views of a buffer that the next
+    padded read of ``x`` refills, so it must be consumed before that.
+    """
     with timed("pad", x.device):
-        return _padded_parts(x, normalize_pads(pads), border, value, mode)
+        return _padded_parts(x, normalize_pads(pads), border, value, mode, fresh)
 
 
-def _padded_parts(x, pads, border, value, mode):
+def _padded_parts(x, pads, border, value, mode, fresh=False):
     mode = x.pad_mode if mode is None else mode
-    if x.trace is not None:
+    if x.trace is not None and not fresh:
         x.trace.profile.record(x.op_id, pads)
     st = x.store
-    if st is None or st.pads != pads or not _fast():
+    if fresh or st is None or st.pads != pads or not _fast():
         st = _Store(x.grid, x.side, pads, x.channels, x.dtype, x.device, x.trace)
         # Views are taken one at a time: under autograd the first copy_ turns the buffer into
         # a graph node, and a view taken before that would still look like a leaf.
         st.interiors()[0].copy_(x.hr)
         st.interiors()[1].copy_(x.lr)
         hi, li = st.interiors()
-        if _fast():
+        if _fast() and not fresh:
             # Later consumers with the same halo (e.g. a residual branch) reuse this buffer.
             x.store, x.hr, x.lr = st, hi, li
     _fill_halo(st, x.grid, mode, border, value)
@@ -537,7 +547,9 @@ def block_pad(
     """
     if not isinstance(x, BlockTensor):
         raise ValueError(f"block_pad expects a BlockTensor, got {type(x).__name__}")
-    return padded_parts(x, padding, border=border, value=value, mode=mode)
+    # A fresh buffer: layers reuse and refill one padded buffer per activation, but results
+    # handed to the caller must not change when the same tensor is padded again.
+    return padded_parts(x, padding, border=border, value=value, mode=mode, fresh=True)
 
 
 # ---------------------------------------------------------------------- BlockCombine
@@ -609,6 +621,4 @@ def dense_fallback(fn, x: BlockTensor, *args, **kwargs) -> BlockTensor:
     op_id = trace.next() if trace is not None else None
     pads = trace.margins_for(op_id) if trace is not None else None
     hr, lr, store = _split(y, g, side, pads, trace)
-    return BlockTensor(
-        hr, lr, g, side, pad_mode=x.pad_mode, trace=trace, op_id=op_id, store=store
-    )
+    return BlockTensor(hr, lr, g, side, pad_mode=x.pad_mode, trace=trace, op_id=op_id, store=store)

@@ -31,7 +31,7 @@ def test_fold_batchnorm_keeps_outputs(name):
     x = torch.randn(1, 3, 128, 192)
     with torch.no_grad():
         # Folding changes the float32 arithmetic; deep random nets amplify it to ~4e-5.
-        for a, b in zip(model(x), fused(x)):
+        for a, b in zip(model(x), fused(x), strict=True):
             assert _rel(b, a) < 2e-4
         # and in block mode, with a mixed mask, on the fast path (second call)
         mask = torch.tensor([[[True, False, True], [False, True, False]]])
@@ -40,11 +40,11 @@ def test_fold_batchnorm_keeps_outputs(name):
             fb = [block_combine(o) for o in fused(block_sample(x, mask, 64, profile=prof))]
         dense = fused(x)
         ref = [block_combine(o) for o in model(block_sample(x, mask, 64))]
-        for a, b in zip(ref, fb):
+        for a, b in zip(ref, fb, strict=True):
             assert _rel(b, a) < 2e-4
     # the slow (autograd) path of the folded model agrees with its fast path
     slow = [block_combine(o) for o in fused(block_sample(x, mask, 64))]
-    for a, b in zip(slow, fb):
+    for a, b in zip(slow, fb, strict=True):
         assert _rel(b, a) < 1e-5
     assert [tuple(d.shape) for d in dense] == [tuple(f.shape) for f in fb]
 
