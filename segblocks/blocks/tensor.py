@@ -150,7 +150,20 @@ def _fast() -> bool:
 class _Store:
     """Flat channels-last buffer ``[rows, C]``: padded HR blocks, then padded LR blocks."""
 
-    __slots__ = ("flat", "pads", "side", "nh", "nl", "rows_hr", "hp", "wp", "tp", "tw", "halo")
+    __slots__ = (
+        "flat",
+        "pads",
+        "side",
+        "nh",
+        "nl",
+        "rows_hr",
+        "rows",
+        "hp",
+        "wp",
+        "tp",
+        "tw",
+        "halo",
+    )
 
     def __init__(self, grid: BlockGrid, side: int, pads, channels: int, dtype, device, trace=None):
         pt, pb, pl, pr = pads
@@ -160,7 +173,8 @@ class _Store:
         self.hp, self.wp = side + pt + pb, side + pl + pr
         self.tp, self.tw = t + pt + pb, t + pl + pr
         self.rows_hr = self.nh * self.hp * self.wp
-        rows = self.rows_hr + self.nl * self.tp * self.tw
+        self.rows = rows = self.rows_hr + self.nl * self.tp * self.tw
+        rows += 1  # the pad-value row that halo pixels beyond the image read from
         device = torch.device(device)
         if trace is not None and device.type == "cpu" and _fast():
             self.flat = trace.profile.pool.get(rows, channels, dtype, device)
@@ -172,7 +186,8 @@ class _Store:
         """Views ``[Nh, C, s+pt+pb, s+pl+pr]`` and ``[Nl, C, s/2+pt+pb, s/2+pl+pr]``."""
         C = self.flat.shape[1]
         hr = self.flat[: self.rows_hr].view(self.nh, self.hp, self.wp, C).permute(0, 3, 1, 2)
-        lr = self.flat[self.rows_hr :].view(self.nl, self.tp, self.tw, C).permute(0, 3, 1, 2)
+        lr = self.flat[self.rows_hr : self.rows].view(self.nl, self.tp, self.tw, C)
+        lr = lr.permute(0, 3, 1, 2)
         return hr, lr
 
     def interiors(self) -> tuple[Tensor, Tensor]:
@@ -480,9 +495,11 @@ def _fill_halo(store: _Store, grid: BlockGrid, mode: str, border: str, value: fl
         return
     plan = grid.pad_plan(store.side, store.pads, mode, border)
     flat = store.flat
+    flat[store.rows].fill_(value)
     if plan.copy_dst.numel():
         flat.index_copy_(0, plan.copy_dst, flat.index_select(0, plan.copy_src))
     if plan.avg_dst.numel():
+        # After the copies: avg entries overwrite their (strided) placeholder values.
         v = flat.index_select(0, plan.avg_src).view(-1, 4, flat.shape[1]).sum(1).mul_(0.25)
         flat.index_copy_(0, plan.avg_dst, v)
     if plan.const_dst.numel():
