@@ -314,6 +314,35 @@ class BlockGrid:
         _TEMPLATES[key] = tm
         return tm
 
+    def _neighbours(self, requester_hr: bool):
+        """Per (block, direction) ``[B, 8]``: inside the image, neighbour is HR, its slot.
+
+        The same for every scale, so computed once per grid.
+        """
+        key = ("nb", requester_hr)
+        hit = self._cache.get(key)
+        if hit is None:
+            n, gy, gx = self.cells(requester_hr)
+            dirs = _dirs_tensor(self.device)
+            ny, nx = gy[:, None] + dirs[0], gx[:, None] + dirs[1]
+            inside = (ny >= 0) & (ny < self.GH) & (nx >= 0) & (nx < self.GW)
+            cell = (n[:, None] * self.GH + ny.clamp(0, self.GH - 1)) * self.GW + nx.clamp(
+                0, self.GW - 1
+            )
+            hit = (inside, bool(inside.all()), self.mask_flat[cell] & inside, self.slot[cell])
+            self._cache[key] = hit
+        return hit
+
+    def _hr_neighbour_pairs(self, has_dir: Tensor):
+        """``(block, direction)`` of LR blocks whose neighbour there is HR (and has a halo)."""
+        key = ("nbpairs", tuple(has_dir.tolist()))
+        hit = self._cache.get(key)
+        if hit is None:
+            nhr = self._neighbours(False)[2]
+            hit = torch.nonzero(nhr & has_dir, as_tuple=True)
+            self._cache[key] = hit
+        return hit
+
     def _build_pad_plan_segments(self, s, pads, mode) -> PadPlan:
         pt, pb, pl, pr = pads
         t = s // 2
@@ -323,7 +352,6 @@ class BlockGrid:
         rows_hr = self.num_hr * hr_blk
         rows = rows_hr + self.num_lr * lr_blk
         hr_wp = s + pl + pr
-        dirs = _dirs_tensor(dev)
         empty = torch.empty(0, dtype=torch.long, device=dev)
         copy_dst, copy_src, avg_dst, avg_src = [], [], [], []
         for requester_hr in (True, False):
@@ -335,26 +363,19 @@ class BlockGrid:
             (dst_t, src_hr_t, src_lr_t, dir_t), padded, has_dir, valid = tm
             blk = hr_blk if requester_hr else lr_blk
             base = (0 if requester_hr else rows_hr) + torch.arange(nb, device=dev) * blk
-            # Neighbour per (block, direction), [B, 8]: its block base and kind.
-            ny, nx = gy[:, None] + dirs[0], gx[:, None] + dirs[1]
-            inside = (ny >= 0) & (ny < self.GH) & (nx >= 0) & (nx < self.GW)
-            cell = (n[:, None] * self.GH + ny.clamp(0, self.GH - 1)) * self.GW + nx.clamp(
-                0, self.GW - 1
-            )
-            nhr = self.mask_flat[cell] & inside
-            slot = self.slot[cell]
+            inside, all_inside, nhr, slot = self._neighbours(requester_hr)
             nb_hr = slot * hr_blk  # HR neighbour's block base
             # LR neighbour's base; outside the image: an offset that lands on the const row.
             nb_lr = torch.where(inside, rows_hr + slot * lr_blk, rows - src_lr_t.min())
             k = nhr[:, dir_t]  # [B, L]
             src = torch.where(k, nb_hr[:, dir_t] + src_hr_t, nb_lr[:, dir_t] + src_lr_t)
-            if not bool(inside.all()):
+            if not all_inside:
                 src = torch.where(inside[:, dir_t], src, rows)
             copy_dst.append((base[:, None] + dst_t).reshape(-1))
             copy_src.append(src.reshape(-1))
             if not requester_hr and mode == "avg":
                 # LR halo pixels facing an HR neighbour: overwrite with the 2x2 mean.
-                b, d = torch.nonzero(nhr & has_dir, as_tuple=True)  # directions with a halo
+                b, d = self._hr_neighbour_pairs(has_dir)
                 if b.numel():
                     # Filler entries of short segments write into the pad-value row (never
                     # read afterwards), so no halo pixel is written twice: duplicate writes
