@@ -3,6 +3,7 @@
 Subcommands:
     demo    block-engine demonstration on a random-weight timm ResNet-18 trunk (offline):
             exactness of all-HR / all-LR block execution, conv MACs and latency vs dense.
+    macs    exact per-layer MACs, dense and in block execution (segblocks.engine.macs).
 """
 
 from __future__ import annotations
@@ -222,6 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="seed for image and masks (default 0)")
     demo.set_defaults(func=cmd_demo)
+
+    from segblocks.engine.macs import add_macs_arguments, run_macs
+
+    macs = sub.add_parser(
+        "macs",
+        help="exact per-layer MACs of a model, dense and in block execution",
+        description=(
+            "Count conv and linear multiply-accumulates per layer and per image, densely and in "
+            "block execution (HR and LR blocks separately, policy net separately and in the "
+            "total), and print them as a table."
+        ),
+    )
+    add_macs_arguments(macs)
+    macs.set_defaults(func=run_macs)
     return ap
 
 
