@@ -1,0 +1,15 @@
+"""Segmentation models (SwiftNet with timm backbones) and the model registry."""
+
+from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from .registry import create_model, list_models, register_model
+from .swiftnet import SwiftNet
+
+__all__ = [
+    "create_model",
+    "list_models",
+    "register_model",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "SwiftNet",
+]

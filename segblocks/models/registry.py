@@ -1,0 +1,82 @@
+"""A small model registry: build models by name and remember how they were built.
+
+Models made by :func:`create_model` carry ``model.model_name`` and ``model.model_config`` (a
+copy of the keyword arguments), which is all :mod:`segblocks.models.checkpoint` needs to rebuild
+them from a checkpoint file.
+
+Example:
+    >>> from segblocks.models.registry import create_model, list_models
+    >>> list_models()
+    ['swiftnet_effl1', 'swiftnet_rn18', 'swiftnet_rn50']
+    >>> model = create_model("swiftnet_rn18", num_classes=19)
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Callable
+
+from torch import nn
+
+__all__ = ["register_model", "create_model", "list_models"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+# Modules whose import registers the built-in models (imported lazily, so that importing the
+# registry alone has no side effects and no circular import).
+_BUILTIN_MODULES = ("segblocks.models.swiftnet",)
+
+
+def _load_builtins() -> None:
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def register_model(name: str):
+    """Decorator: register ``fn(**kwargs) -> nn.Module`` under ``name``.
+
+    Raises ``ValueError`` if ``name`` is already registered to a different function.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        old = _REGISTRY.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (
+            fn.__module__,
+            fn.__qualname__,
+        ):
+            raise ValueError(
+                f"model name {name!r} is already registered to {old.__module__}.{old.__qualname__}"
+            )
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Sorted names of all registered models."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build the model registered as ``name`` with ``kwargs``.
+
+    The returned model has ``model_name`` (``name``) and ``model_config`` (a deep copy of
+    ``kwargs``) attributes, used by :func:`segblocks.models.checkpoint.save_checkpoint`.
+
+    Raises:
+        ValueError: ``name`` is not registered (the message lists the available names).
+    """
+    _load_builtins()
+    fn = _REGISTRY.get(name)
+    if fn is None:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+    config = copy.deepcopy(kwargs)
+    model = fn(**kwargs)
+    model.model_name = name
+    model.model_config = config
+    return model
