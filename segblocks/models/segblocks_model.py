@@ -1,0 +1,185 @@
+"""SegBlocksModel: a SwiftNet run in blocks, high resolution where a policy says so.
+
+Pipeline (paper section 3, Fig. 2): the policy picks a grid of HR blocks for the (normalised)
+image; BlockSample splits the image; the backbone, decoder and head run on block tensors (the
+engine of ``segblocks.blocks``); the SPP, which pools the whole map, runs densely through
+:class:`~segblocks.blocks.DenseFallback`; one BlockCombine at stride 4 gives dense logits,
+which are bilinearly upsampled to the input size.
+
+What holds exactly (tested in ``tests/models/test_segblocks_model.py``):
+
+- all-HR policy: the logits equal the dense SwiftNet's (float32 relative error <= 1e-5);
+- all-LR policy: every backbone stage equals the dense backbone on the 2x average-pooled image,
+  and so do the decoder and logits *except* for the SPP's contribution: the SPP runs on the
+  combined map, i.e. on the stride-32 features nearest-upsampled 2x, so its bilinear
+  upsampling of the pooled levels happens at twice the resolution before being averaged back.
+  The logits therefore differ slightly from the dense network on the pooled image (measured
+  in the test), and are *not* claimed equal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..blocks import BlockSample, DenseFallback, block_combine
+from ..policies import Policy, create_policy
+from .registry import create_model
+
+__all__ = ["SegBlocksModel", "SegBlocksOutput", "create_segblocks"]
+
+
+@dataclass
+class SegBlocksOutput:
+    """Result of :class:`SegBlocksModel`.
+
+    Attributes:
+        logits: ``[N, classes, H, W]`` at the input size.
+        grid: ``[N, GH, GW]`` bool, ``True`` where the block ran at high resolution.
+        probs: ``[N, GH, GW]`` policy probability of HR per block (``None`` for fixed policies).
+        log_probs: ``[N, GH, GW]`` log-probability of the taken actions (for REINFORCE), or None.
+        hr_fraction: ``[N]`` fraction of HR blocks per image.
+    """
+
+    logits: Tensor
+    grid: Tensor
+    probs: Tensor | None
+    log_probs: Tensor | None
+    hr_fraction: Tensor
+
+
+class SegBlocksModel(nn.Module):
+    """Wraps a SwiftNet (``segblocks.models.SwiftNet``) for block-based dynamic resolution.
+
+    Args:
+        net: the segmentation network; its ``backbone``, ``decode(features, spp=...)`` and
+            ``spp`` are used.
+        policy: a :class:`~segblocks.policies.Policy` or a policy name
+            (``"all_hr"``, ``"all_lr"``, ``"random"``, ``"heuristic"``, ``"learned"``, ...).
+        block_size: block side in input pixels; a multiple of 2 x the network's total stride
+            (64 for output stride 32, 32 for output stride 16).
+        pad_to_block: pad the input (bottom / right, with zeros = the mean colour of a
+            normalised image) to a multiple of the block size and crop the logits back. With
+            ``False`` a size that is not a multiple raises ``ValueError`` naming the size to use.
+        pad_mode: BlockPad sampling of HR neighbours for LR halos (``"avg"``, ``"strided"``,
+            ``"zero"``).
+        combine: BlockCombine upsampling of LR blocks at stride 4 (``"nearest"``, paper; or
+            ``"bilinear"`` with neighbour context).
+        **policy_kwargs: passed to :func:`~segblocks.policies.create_policy` with a policy name.
+
+    Input: normalised images ``[N, 3, H, W]`` (as the dense SwiftNet takes them).
+
+    Example:
+        >>> net = create_model("swiftnet_rn18", num_classes=19)
+        >>> model = SegBlocksModel(net, policy="heuristic", tau=0.4, block_size=128).eval()
+        >>> out = model(torch.randn(1, 3, 512, 1024))
+        >>> out.logits.shape, out.grid.shape   # [1, 19, 512, 1024], [1, 4, 8]
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        policy: Policy | str = "all_hr",
+        block_size: int = 128,
+        *,
+        pad_to_block: bool = True,
+        pad_mode: str = "avg",
+        combine: str = "nearest",
+        **policy_kwargs,
+    ):
+        super().__init__()
+        stride = int(getattr(net, "output_stride", 32))
+        if block_size % (2 * stride):
+            raise ValueError(
+                f"block size {block_size} is not a multiple of {2 * stride} (2 x the network's "
+                f"output stride {stride}); low-res blocks would be fractional pixels in the last "
+                f"stage. Use e.g. {max(2 * stride, (block_size // (2 * stride)) * 2 * stride)}"
+            )
+        if combine not in ("nearest", "bilinear"):
+            raise ValueError(f"combine {combine!r} must be 'nearest' or 'bilinear'")
+        if isinstance(policy, str):
+            if policy == "learned":
+                policy_kwargs.setdefault("block_size", block_size)
+            policy = create_policy(policy, **policy_kwargs)
+        elif policy_kwargs:
+            raise ValueError(
+                f"policy options {sorted(policy_kwargs)} given with a Policy instance; "
+                "configure the instance instead"
+            )
+        self.net = net
+        self.policy = policy
+        self.block_size = block_size
+        self.pad_to_block = pad_to_block
+        self.combine = combine
+        self.sample = BlockSample(block_size, pad_mode)
+        self.spp = DenseFallback(net.spp)
+
+    def _padded_size(self, h: int, w: int) -> tuple[int, int]:
+        bs = self.block_size
+        hp, wp = math.ceil(h / bs) * bs, math.ceil(w / bs) * bs
+        if (hp, wp) != (h, w) and not self.pad_to_block:
+            raise ValueError(
+                f"input {h}x{w} is not a multiple of block size {bs}; resize or pad it to "
+                f"{hp}x{wp}, or construct SegBlocksModel(..., pad_to_block=True)"
+            )
+        return hp, wp
+
+    def forward(self, image: Tensor, mask: Tensor | None = None) -> SegBlocksOutput:
+        """``image [N, 3, H, W]`` -> :class:`SegBlocksOutput`; ``mask`` overrides the policy."""
+        if not isinstance(image, Tensor) or image.dim() != 4:
+            raise ValueError(
+                f"image must be a [N, 3, H, W] tensor, got "
+                f"{tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__}"
+            )
+        N, _, H, W = image.shape
+        hp, wp = self._padded_size(H, W)
+        x = image if (hp, wp) == (H, W) else F.pad(image, (0, wp - W, 0, hp - H))
+        grid_shape = (hp // self.block_size, wp // self.block_size)
+        if mask is None:
+            pol = self.policy(x, grid_shape)
+            mask, probs, log_probs = pol.mask, pol.probs, pol.log_probs
+        else:
+            probs = log_probs = None
+        if tuple(mask.shape) != (N, *grid_shape):
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not match the {grid_shape[0]}x"
+                f"{grid_shape[1]} grid of a {hp}x{wp} (padded) input with {N} image(s)"
+            )
+        xb = self.sample(x, mask)
+        logits = block_combine(self.net.decode(self.net.backbone(xb), spp=self.spp), self.combine)
+        logits = F.interpolate(logits, size=(hp, wp), mode="bilinear", align_corners=False)
+        if (hp, wp) != (H, W):
+            logits = logits[:, :, :H, :W]
+        hr_fraction = mask.flatten(1).float().mean(1)
+        return SegBlocksOutput(logits, mask, probs, log_probs, hr_fraction)
+
+
+def create_segblocks(
+    name: str,
+    policy: Policy | str = "all_hr",
+    block_size: int = 128,
+    *,
+    pad_to_block: bool = True,
+    pad_mode: str = "avg",
+    combine: str = "nearest",
+    policy_kwargs: dict | None = None,
+    **model_kwargs,
+) -> SegBlocksModel:
+    """``SegBlocksModel`` around ``create_model(name, **model_kwargs)``.
+
+    Example: ``create_segblocks("swiftnet_rn18", "learned", 128, num_classes=19)``.
+    """
+    net = create_model(name, **model_kwargs)
+    return SegBlocksModel(
+        net,
+        policy,
+        block_size,
+        pad_to_block=pad_to_block,
+        pad_mode=pad_mode,
+        combine=combine,
+        **(policy_kwargs or {}),
+    )

@@ -1,0 +1,95 @@
+"""SegBlocksModel: exactness against the dense SwiftNet, padding, policies, errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segblocks.models import create_model
+from segblocks.models.segblocks_model import SegBlocksModel, create_segblocks
+from segblocks.policies import FixedMask
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _net(name, **kw):
+    torch.manual_seed(0)
+    if name == "swiftnet_effl1":
+        # ImageNet weights keep activations in range (random BN stats drift to ~1e-5 in fp32).
+        kw.setdefault("pretrained_backbone", True)
+    return create_model(name, num_classes=5, **kw).eval()
+
+
+@pytest.mark.parametrize("name", ["swiftnet_rn18", "swiftnet_rn50", "swiftnet_effl1"])
+def test_all_hr_equals_dense_swiftnet(name):
+    net = _net(name)
+    model = SegBlocksModel(net, "all_hr", block_size=64).eval()
+    x = torch.randn(1, 3, 128, 256)
+    with torch.no_grad():
+        dense = net(x)
+        for _ in range(2):  # the second call takes the learned fast path
+            out = model(x)
+            assert out.logits.shape == dense.shape
+            assert _rel(out.logits, dense) <= 1e-5
+    assert out.grid.shape == (1, 2, 4) and bool(out.grid.all())
+    assert torch.equal(out.hr_fraction, torch.ones(1))
+
+
+def test_all_lr_equals_pooled_network_with_spp_at_combined_resolution():
+    """What holds for all-LR, exactly: the network on the 2x average-pooled image, except that
+    the SPP runs on the combined map (stride-32 features nearest-upsampled 2x) and its output
+    is average-pooled back; the stride-4 logits are then nearest-upsampled 2x."""
+    net = _net("swiftnet_rn18")
+    model = SegBlocksModel(net, "all_lr", block_size=64).eval()
+    x = torch.randn(2, 3, 128, 192)
+    with torch.no_grad():
+        out = model(x)
+        feats = net.backbone(F.avg_pool2d(x, 2))
+        spp = F.avg_pool2d(net.spp(F.interpolate(feats[-1], scale_factor=2, mode="nearest")), 2)
+        y = net.head(net.decoder(spp, feats[: net.num_laterals]))
+        y = F.interpolate(y, scale_factor=2, mode="nearest")
+        ref = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        assert _rel(out.logits, ref) <= 1e-5
+        # and it is not the plain pooled network (the SPP term differs), which is why the
+        # docs do not claim that
+        plain = F.interpolate(net.forward_features(F.avg_pool2d(x, 2)), scale_factor=2)
+        plain = F.interpolate(plain, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        assert _rel(out.logits, plain) > 1e-6
+
+
+def test_mixed_mask_runs_and_reports_policy_outputs():
+    net = _net("swiftnet_rn18")
+    mask = torch.tensor([[[True, False, False, True], [False, True, False, False]]])
+    model = SegBlocksModel(net, FixedMask(mask), block_size=64).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 256))
+    assert torch.equal(out.grid, mask)
+    assert out.hr_fraction.item() == pytest.approx(3 / 8)
+    learned = create_segblocks("swiftnet_rn18", "learned", 64, num_classes=5).train()
+    out = learned(torch.randn(2, 3, 128, 256))
+    assert out.probs.shape == out.log_probs.shape == out.grid.shape == (2, 2, 4)
+    out.logits.mean().backward()  # differentiable end to end in training mode
+
+
+def test_padding_to_block_and_crop():
+    net = _net("swiftnet_rn18")
+    model = SegBlocksModel(net, "random", block_size=64, tau=0.5).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 100, 200))
+    assert out.logits.shape == (1, 5, 100, 200)
+    assert out.grid.shape == (1, 2, 4)
+    strict = SegBlocksModel(net, "all_hr", block_size=64, pad_to_block=False)
+    with pytest.raises(ValueError, match="128x256"):
+        strict(torch.randn(1, 3, 100, 200))
+
+
+def test_bad_arguments():
+    net = _net("swiftnet_rn18")
+    with pytest.raises(ValueError, match="multiple of 64"):
+        SegBlocksModel(net, "all_hr", block_size=96)
+    model = SegBlocksModel(net, "all_hr", block_size=64)
+    with pytest.raises(ValueError, match="grid"):
+        model(torch.randn(1, 3, 128, 256), mask=torch.ones(1, 3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="N, 3, H, W"):
+        model(torch.randn(3, 128, 256))
