@@ -1,11 +1,11 @@
 """Fold eval-mode batch norm into the preceding convolution (inference deployment).
 
 Folding removes one full read+write pass per conv, for dense and block execution alike; the
-benchmarks fold both sides so that the comparison stays fair. Pairs are found in module
-registration order (a ``Conv2d`` immediately followed by a ``BatchNorm2d`` of matching width),
-which is how torchvision and timm ResNets / EfficientNets declare them (``conv1``/``bn1``,
-``conv_pw``/``bn1``, downsample ``Sequential(conv, bn)``). timm's ``BatchNormAct2d`` keeps its
-activation and dropout. ``tests/blocks/test_fuse.py`` checks that outputs are unchanged.
+benchmarks fold both sides so that the comparison stays fair. A pair is folded only when a
+traced forward pass shows that the batch norm's input *is* the conv's output tensor (and
+nothing else reads that output), so pre-activation designs (BN-ReLU-Conv, as in SwiftNet's
+decoder) and branches are left alone. timm's ``BatchNormAct2d`` keeps its activation and
+dropout. ``tests/blocks/test_fuse.py`` checks that outputs are unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 __all__ = ["fold_batchnorm"]
 
@@ -38,28 +39,93 @@ def _bn_replacement(bn: nn.Module) -> nn.Module:
     return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
 
 
-def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
+_NOT_A_READ = {"__get__", "size", "dim", "numel", "stride", "is_contiguous", "contiguous"}
+
+
+class _ReadCounter(TorchFunctionMode):
+    """Counts, per traced conv output, the torch calls that read it (module or functional)."""
+
+    def __init__(self, produced, readers):
+        super().__init__()
+        self.produced, self.readers = produced, readers
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") not in _NOT_A_READ:
+            stack = list(args) + list(kwargs.values())
+            while stack:
+                a = stack.pop()
+                if isinstance(a, (list, tuple)):
+                    stack.extend(a)
+                elif isinstance(a, torch.Tensor):
+                    hit = self.produced.get(id(a))
+                    if hit is not None and hit[1] is a:
+                        self.readers[hit[0]] += 1
+        return func(*args, **kwargs)
+
+
+def _conv_bn_pairs(model: nn.Module, example_input) -> list[tuple[str, str]]:
+    """``(conv name, bn name)`` pairs where the BN consumes the conv output and only it does."""
+    names = {m: n for n, m in model.named_modules()}
+    # id(output tensor) -> (conv name, the tensor); holding the tensor keeps its id unique
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
+    readers: dict[str, int] = {}  # conv name -> torch calls reading its output
+    pairs: list[tuple[str, str]] = []
+    hooks = []
+
+    def conv_hook(mod, inp, out):
+        produced[id(out)] = (names[mod], out)
+        readers[names[mod]] = 0
+
+    def bn_pre_hook(mod, inp):
+        t = inp[0] if inp else None
+        hit = produced.get(id(t)) if isinstance(t, torch.Tensor) else None
+        if hit is not None and hit[1] is t:
+            pairs.append((hit[0], names[mod]))
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        if isinstance(m, nn.BatchNorm2d):
+            hooks.append(m.register_forward_pre_hook(bn_pre_hook))
+    try:
+        with torch.no_grad(), _ReadCounter(produced, readers):
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    # The BN's own batch_norm call is the one read allowed.
+    return [(c, b) for c, b in pairs if readers.get(c) == 1]
+
+
+def fold_batchnorm(model: nn.Module, example_input=None, inplace: bool = False) -> nn.Module:
     """Return ``model`` (a copy unless ``inplace``) with eval BN folded into preceding convs.
 
-    Only for inference: the model must be in eval mode (training BN needs batch statistics).
+    Args:
+        model: an eval-mode network (training BN needs batch statistics).
+        example_input: an input for one traced forward pass that finds the conv -> BN pairs;
+            default ``torch.randn(1, 3, 64, 64)`` on the model's device.
     """
     if model.training:
         raise ValueError("fold_batchnorm needs an eval-mode model; call model.eval() first")
     if not inplace:
         model = copy.deepcopy(model)
-    named = list(model.named_modules())
-    parents = {name: mod for name, mod in named}
-    prev_name, prev = None, None
-    for name, mod in named:
-        if isinstance(mod, nn.Conv2d):
-            prev_name, prev = name, mod
-            continue
-        if isinstance(mod, nn.BatchNorm2d) and prev is not None:
-            if mod.num_features == prev.out_channels and mod.track_running_stats:
-                _set(parents, prev_name, _fold(prev, mod))
-                _set(parents, name, _bn_replacement(mod))
-        if len(list(mod.children())) == 0:
-            prev_name, prev = None, None
+    if example_input is None:
+        p = next(model.parameters(), None)
+        example_input = torch.randn(
+            1,
+            3,
+            64,
+            64,
+            device=p.device if p is not None else None,
+            dtype=p.dtype if p is not None else None,
+        )
+    mods = dict(model.named_modules())
+    for conv_name, bn_name in _conv_bn_pairs(model, example_input):
+        conv, bn = mods[conv_name], mods[bn_name]
+        if bn.num_features == conv.out_channels and bn.track_running_stats:
+            _set(mods, conv_name, _fold(conv, bn))
+            _set(mods, bn_name, _bn_replacement(bn))
     return model
 
 

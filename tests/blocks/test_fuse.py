@@ -53,3 +53,61 @@ def test_fold_batchnorm_needs_eval():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     with pytest.raises(ValueError, match="eval"):
         fold_batchnorm(model)
+
+
+def test_fold_batchnorm_leaves_preactivation_bn_alone():
+    """BN-ReLU-Conv units (SwiftNet decoder): a conv followed *in registration order* by the
+    next unit's BN must not be folded into it, because that BN reads something else."""
+    from segblocks.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("swiftnet_rn18", num_classes=3).eval()
+    _randomize_bn(net)
+    fused = fold_batchnorm(net, torch.randn(1, 3, 128, 128))
+    x = torch.randn(1, 3, 128, 192)
+    with torch.no_grad():
+        assert _rel(fused(x), net(x)) < 1e-5
+    # the backbone's conv->BN pairs were folded, the decoder's pre-activation BNs kept
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.backbone.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.decoder.modules())
+
+
+def test_fold_batchnorm_skips_conv_with_two_readers():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(4)
+            self.other = torch.nn.ReLU()
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + self.other(y)
+
+    m = Branchy().eval()
+    _randomize_bn(m)
+    fused = fold_batchnorm(m, torch.randn(1, 3, 8, 8))
+    assert isinstance(fused.bn, torch.nn.BatchNorm2d)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), m(x))
+
+
+def test_fold_batchnorm_skips_conv_read_functionally_too():
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # y is read by BN and by the add
+
+    m = Residual().eval()
+    _randomize_bn(m)
+    fused = fold_batchnorm(m, torch.randn(1, 4, 8, 8))
+    assert isinstance(fused.bn, torch.nn.BatchNorm2d)
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), m(x))
