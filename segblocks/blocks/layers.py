@@ -436,11 +436,14 @@ def _pooled_parts(x, pads, border_value):
     return x.hr, x.lr
 
 
-#: Block parts whose conv output tile is at most this many pixels wide run as one
-#: gather-im2col + GEMM instead of a batched conv: oneDNN's kernels are tuned for wide maps and
-#: ran 1.5-3.3x slower per MAC on 4x4 / 2x2 output tiles than on the dense map (measured on the
-#: ResNet-18 trunk, 2 threads), while a GEMM over all tiles' pixels runs near peak.
+#: Block parts whose conv output tile is at most this many pixels wide, with at least
+#: IM2COL_MIN_CHANNELS input channels, run as one gather-im2col + GEMM instead of a batched
+#: conv: oneDNN ran 1.5-3.3x slower per MAC on 4x4 / 2x2 output tiles of 256-512 channels than
+#: on the dense map (ResNet-18 trunk, 2 threads), while one GEMM over all tiles' pixels runs
+#: near peak. With 64-128 channels the GEMM is too thin and the 9x gather dominates (tiles
+#: 70 ms vs im2col 128 ms for 512 tiles of 4x4, 128 channels), so those stay with oneDNN.
 IM2COL_MAX_SIDE = 4
+IM2COL_MIN_CHANNELS = 256
 
 _WEIGHT_CACHE: dict[int, tuple] = {}
 
@@ -528,7 +531,13 @@ def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         count_conv(weight, groups, yh, yl)
         return x._derive(yh, yl, side, owned=True)
     use_hr = use_lr = False
-    if _fast() and groups == 1 and (value is None or value == 0) and any(pads):
+    if (
+        _fast()
+        and groups == 1
+        and weight.shape[1] >= IM2COL_MIN_CHANNELS
+        and (value is None or value == 0)
+        and any(pads)
+    ):
         use_hr = 0 < side <= IM2COL_MAX_SIDE and x.grid.num_hr > 0
         use_lr = 0 < side // 2 <= IM2COL_MAX_SIDE and x.grid.num_lr > 0
     if use_hr or use_lr:
