@@ -169,11 +169,12 @@ def dense_conv_macs(model: nn.Module, x: torch.Tensor) -> int:
     return total[0]
 
 
-def prepare(model: nn.Module) -> tuple[nn.Module, bool]:
+def prepare(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, bool]:
+    """Eval mode, BN folded (traced on a small ``example`` input), channels-last."""
     model = model.eval()
     folded = False
     if fold_batchnorm is not None:
-        out = fold_batchnorm(model)
+        out = fold_batchnorm(model, example)
         model = out if out is not None else model
         folded = True
     return model.to(memory_format=torch.channels_last), folded
@@ -197,7 +198,10 @@ def bench_trunk(args, gen, log) -> dict:
     bs = TRUNK_BLOCK
     gh, gw = H // bs, W // bs
     G = gh * gw
-    model, folded = prepare(timm.create_model("resnet18", features_only=True, pretrained=False))
+    model, folded = prepare(
+        timm.create_model("resnet18", features_only=True, pretrained=False),
+        torch.randn(1, 3, 128, 128),
+    )
     x = torch.randn(1, 3, H, W, generator=gen).contiguous(memory_format=torch.channels_last)
     prof = MarginProfile()
     fracs = (1.0,) + tuple(TRUNK_FRACS)
@@ -359,7 +363,7 @@ def bench_basicblock(args, gen, log) -> dict:
 
     C = BB_CHANNELS
     H, W = BB_SIZE
-    model, folded = prepare(BasicBlock(C, C))
+    model, folded = prepare(BasicBlock(C, C), torch.randn(1, C, 32, 32))
     x = torch.randn(1, C, H, W, generator=gen).contiguous(memory_format=torch.channels_last)
     prof = MarginProfile()
     cfgs = [(b, 0.5) for b in BB_BLOCK_SIZES]

@@ -121,7 +121,15 @@ def fold_batchnorm(model: nn.Module, example_input=None, inplace: bool = False) 
             dtype=p.dtype if p is not None else None,
         )
     mods = dict(model.named_modules())
-    for conv_name, bn_name in _conv_bn_pairs(model, example_input):
+    try:
+        pairs = _conv_bn_pairs(model, example_input)
+    except Exception as e:
+        raise ValueError(
+            f"fold_batchnorm could not run the model on an example input of shape "
+            f"{tuple(example_input.shape)} ({type(e).__name__}: {e}); pass example_input= "
+            "with a shape the model accepts"
+        ) from e
+    for conv_name, bn_name in pairs:
         conv, bn = mods[conv_name], mods[bn_name]
         if bn.num_features == conv.out_channels and bn.track_running_stats:
             _set(mods, conv_name, _fold(conv, bn))
