@@ -588,7 +588,18 @@ def run_macs(args: argparse.Namespace) -> int:
         policy.train()
     try:
         dense = count_macs_dense(model, x)
-        blocks = count_macs_blocks(model, x, block_size=bs, policy=policy)
+        call = None
+        if hasattr(model, "decode") and hasattr(model, "spp"):
+            # A segmentation net (SwiftNet): run it as SegBlocksModel does, with the SPP on
+            # the dense map through DenseFallback and one combine at the end.
+            from segblocks.blocks import DenseFallback, block_combine
+
+            spp = DenseFallback(model.spp)
+
+            def call(m, xb):
+                return block_combine(m.decode(m.backbone(xb), spp=spp))
+
+        blocks = count_macs_blocks(model, x, block_size=bs, policy=policy, call=call)
     except (ValueError, RuntimeError, TypeError) as e:
         print(f"segblocks macs: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

@@ -311,3 +311,14 @@ def test_cli_smoke(capsys):
 def test_cli_errors(argv, msg, capsys):
     assert main_macs(argv) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_cli_counts_registry_segmentation_model(capsys):
+    """`segblocks macs --model swiftnet_rn18`: the SPP runs densely, all-HR equals dense."""
+    from segblocks.engine.macs import main_macs
+
+    args = ["--model", "swiftnet_rn18", "--size", "128x256", "--block-size", "64"]
+    assert main_macs(args + ["--policy", "all_hr", "--summary-only"]) == 0
+    assert "ratio blocks/dense 1.0000" in capsys.readouterr().out
+    assert main_macs(args + ["--policy", "random", "--hr-fraction", "0.5", "--summary-only"]) == 0
+    assert "ratio blocks/dense 1.0000" not in capsys.readouterr().out
