@@ -218,7 +218,8 @@ class BlockGrid:
         t = s // 2
         if border == "zeros" and mode in ("avg", "strided") and max(pads) <= t:
             return self._build_pad_plan_segments(s, pads, mode)
-        dev = self.device
+        # General builder (replicate border, "zero" mode, halos wider than an LR block):
+        # locates the source of every halo pixel from its global coordinates.
         hr_rows_per = (s + pt + pb) * (s + pl + pr)
         lr_rows_per = (t + pt + pb) * (t + pl + pr)
         rows_hr = self.num_hr * hr_rows_per
@@ -236,7 +237,6 @@ class BlockGrid:
         wh = s + pl + pr
         avg_base = src[avg]
         avg_src = torch.stack([avg_base, avg_base + 1, avg_base + wh, avg_base + wh + 1], 1)
-        del dev
         return PadPlan(
             pads=pads,
             rows_hr=rows_hr,

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .stats import count_conv
-from .tensor import BlockTensor, UnsupportedBlockOp, _fast, _Store, dense_fallback, padded_parts
+from .tensor import BlockTensor, UnsupportedBlockOp, _fast, _Store, padded_parts
 
 _HANDLERS: dict[str, callable] = {}
 
@@ -675,4 +675,4 @@ def _interpolate(
     return x._derive(yh, yl, 2 * s)
 
 
-__all__ = ["dispatch", "method", "dense_fallback", "UnsupportedBlockOp", "_fast"]
+__all__ = ["dispatch", "method", "inplace_add", "IM2COL_MAX_SIDE", "IM2COL_MIN_CHANNELS"]

@@ -445,7 +445,7 @@ def _split(x: Tensor, grid: BlockGrid, side: int, store_pads=None, trace=None):
         )
     if x.device != grid.device:
         raise ValueError(f"input is on {x.device} but the mask is on {grid.device}; move one")
-    s, t = side, side // 2
+    s = side
     # [N, GH, GW, s, s, C] view of the image; advanced indexing gathers whole blocks in one pass.
     x6 = x.unflatten(2, (grid.GH, s)).unflatten(4, (grid.GW, s)).permute(0, 2, 4, 3, 5, 1)
     hr = x6[grid.cells(True)]  # [Nh, s, s, C]
@@ -459,7 +459,6 @@ def _split(x: Tensor, grid: BlockGrid, side: int, store_pads=None, trace=None):
         hi.copy_(hr)
         li.copy_(lr)
         hr, lr = hi, li
-    del t
     return hr, lr, store
 
 
