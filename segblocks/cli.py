@@ -4,6 +4,7 @@ Subcommands:
     demo    block-engine demonstration on a random-weight timm ResNet-18 trunk (offline):
             exactness of all-HR / all-LR block execution, conv MACs and latency vs dense.
     macs    exact per-layer MACs, dense and in block execution (segblocks.engine.macs).
+    bench   latency and MACs of a SegBlocks model vs its dense network.
 """
 
 from __future__ import annotations
@@ -237,6 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_macs_arguments(macs)
     macs.set_defaults(func=run_macs)
+
+    from segblocks.engine.bench import add_bench_arguments, run_bench
+
+    bench = sub.add_parser(
+        "bench",
+        help="latency and MACs of a SegBlocks model vs its dense network",
+        description=(
+            "Time the dense SwiftNet and the SegBlocks model at several HR fractions (random "
+            "masks, new mask per run, interleaved runs, medians) and print GMACs, latency, "
+            "measured and theoretical speedup. Fuller studies: benchmarks/*.py."
+        ),
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(func=run_bench)
     return ap
 
 
