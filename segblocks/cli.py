@@ -5,6 +5,9 @@ Subcommands:
             exactness of all-HR / all-LR block execution, conv MACs and latency vs dense.
     macs    exact per-layer MACs, dense and in block execution (segblocks.engine.macs).
     bench   latency and MACs of a SegBlocks model vs its dense network.
+    train   joint training of network and policy from a YAML config.
+    eval    mIoU, GMACs, FPS, memory, per-class HR %, HR histogram.
+    infer   coloured segmentation and decision overlay for images.
 """
 
 from __future__ import annotations
@@ -186,6 +189,135 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- train / eval / infer
+def _fail(cmd: str, e: Exception) -> int:
+    print(f"segblocks {cmd}: error: {e}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args) -> int:
+    from segblocks.engine.config import load_config
+    from segblocks.engine.trainer import train
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("train", e)
+    res = train(cfg)
+    if res.get("val"):
+        v = res["val"]
+        print(f"val mIoU {v['miou']:.4f}  HR fraction {v['hr_fraction']:.3f}")
+    print(f"checkpoint: {res['checkpoint']}  log: {res['log_csv']}")
+    return 0
+
+
+def _load_for_eval(args):
+    """SegBlocksModel from a trainer checkpoint, or a fresh model of the registry."""
+    from segblocks.models import create_model
+    from segblocks.models.segblocks_model import SegBlocksModel
+
+    if args.checkpoint:
+        from segblocks.engine.trainer import load_segblocks
+
+        model = load_segblocks(args.checkpoint)
+        if args.policy:  # override the trained policy (e.g. all_hr for the static baseline)
+            kw = {"tau": args.hr_fraction} if args.policy in ("random", "heuristic") else {}
+            model = SegBlocksModel(model.net, args.policy, model.block_size, **kw)
+        return model.eval()
+    net = create_model(args.model, num_classes=args.num_classes)
+    if args.policy == "dense":
+        return net.eval()
+    policy = args.policy or "all_hr"
+    kw = {"tau": args.hr_fraction} if policy in ("random", "heuristic") else {}
+    return SegBlocksModel(net, policy, args.block_size, **kw).eval()
+
+
+def _eval_dataset(args):
+    from segblocks.data import CamVid, Cityscapes, MapillaryVistas, ProceduralStreets
+
+    if args.dataset == "procedural":
+        h, w = _parse_size(args.size)
+        return ProceduralStreets(args.max_images or 16, h, w, seed=args.seed, split=args.split)
+    if not args.data_root:
+        raise ValueError(f"--dataset {args.dataset} needs --data-root")
+    cls = {"camvid": CamVid, "cityscapes": Cityscapes, "mapillary": MapillaryVistas}
+    return cls[args.dataset](args.data_root, split=args.split)
+
+
+def cmd_eval(args) -> int:
+    from segblocks.data.transforms import Normalize
+    from segblocks.engine.evaluate import evaluate
+
+    try:
+        model = _load_for_eval(args)
+        ds = _eval_dataset(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        return _fail("eval", e)
+    mean = getattr(getattr(model, "net", model), "input_mean", None)
+    std = getattr(getattr(model, "net", model), "input_std", None)
+    res = evaluate(
+        model,
+        ds,
+        device=args.device,
+        normalize=Normalize(mean, std) if mean else Normalize(),
+        max_images=args.max_images,
+        fps=not args.no_fps,
+    )
+    print(res.table())
+    if args.json:
+        res.save_json(args.json)
+        print(f"results: {args.json}")
+    if args.figures:
+        from pathlib import Path
+
+        from segblocks.engine.visualize import save_hr_histogram
+
+        Path(args.figures).mkdir(parents=True, exist_ok=True)
+        save_hr_histogram(Path(args.figures) / "hr_histogram.png", res.hr_fractions)
+        print(f"figures: {args.figures}")
+    return 0
+
+
+def cmd_infer(args) -> int:
+    from segblocks.data import PALETTE
+    from segblocks.data.transforms import Normalize
+    from segblocks.engine.infer import infer
+
+    try:
+        model = _load_for_eval(args)
+        net = getattr(model, "net", model)
+        mean, std = getattr(net, "input_mean", None), getattr(net, "input_std", None)
+        norm = Normalize(mean, std) if mean else Normalize()
+        outs = infer(
+            model,
+            args.input,
+            args.out_dir,
+            normalize=norm,
+            palette=PALETTE,
+            skip_bad=args.skip_bad,
+            device=args.device,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("infer", e)
+    print(f"wrote {len(outs)} segmentation(s) and decision overlay(s) to {args.out_dir}")
+    return 0
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="trainer checkpoint (segblocks train writes last.pt)")
+    p.add_argument("--model", default="swiftnet_rn18", help="registry model without checkpoint")
+    p.add_argument("--num-classes", type=int, default=9, help="classes without checkpoint (9)")
+    p.add_argument(
+        "--policy",
+        choices=["dense", "all_hr", "all_lr", "random", "heuristic", "learned"],
+        help="block policy (default: the checkpoint's; all_hr without checkpoint); 'dense' runs "
+        "the plain SwiftNet",
+    )
+    p.add_argument("--hr-fraction", type=float, default=0.4, help="tau for random/heuristic")
+    p.add_argument("--block-size", type=int, default=128, help="block side without checkpoint")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
@@ -252,6 +384,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_bench_arguments(bench)
     bench.set_defaults(func=run_bench)
+
+    tr = sub.add_parser(
+        "train",
+        help="train SegBlocks (network + policy) from a YAML config",
+        description=(
+            "Train the segmentation network and the policy jointly (hybrid REINFORCE loss, "
+            "paper Eq. 13) from a YAML config with key=value overrides, e.g. "
+            "'segblocks train --config configs/procedural_tiny.yaml epochs=2 tau=0.3'. "
+            "Multi-process: torchrun --nproc_per_node=N -m segblocks train --config ... ; "
+            "resume with resume=true."
+        ),
+    )
+    tr.add_argument("--config", required=True, help="YAML file, e.g. configs/procedural_tiny.yaml")
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser(
+        "eval",
+        help="mIoU, GMACs, FPS, memory, per-class HR %% and HR histogram of a model",
+        description=(
+            "Evaluate a trained checkpoint (or a fresh registry model) on a dataset: mIoU and "
+            "per-class IoU, average GMACs per image, FPS (warm-up on the first half), peak "
+            "memory, per-class %% of pixels processed at high resolution and the histogram of "
+            "HR blocks per image. Prints a table; --json writes all figures."
+        ),
+    )
+    _model_arguments(ev)
+    ev.add_argument(
+        "--dataset",
+        default="procedural",
+        choices=["procedural", "camvid", "cityscapes", "mapillary"],
+    )
+    ev.add_argument("--data-root", help="dataset folder (not needed for procedural)")
+    ev.add_argument("--split", default="val", help="split (default val)")
+    ev.add_argument("--size", default="256x512", help="procedural image size HxW")
+    ev.add_argument("--max-images", type=int, help="evaluate at most N images")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--no-fps", action="store_true", help="skip the FPS measurement")
+    ev.add_argument("--json", help="write the results to this JSON file")
+    ev.add_argument("--figures", help="write the HR histogram PNG into this folder")
+    ev.set_defaults(func=cmd_eval)
+
+    inf = sub.add_parser(
+        "infer",
+        help="segment an image or a folder: coloured segmentation + HR decision overlay",
+        description="Write <name>_seg.png and <name>_hr.png for each image (png/jpg).",
+    )
+    inf.add_argument("input", help="an image file or a folder of images")
+    inf.add_argument("out_dir", help="output folder")
+    _model_arguments(inf)
+    inf.add_argument("--skip-bad", action="store_true", help="warn and skip unreadable images")
+    inf.set_defaults(func=cmd_infer)
     return ap
 
 
