@@ -45,8 +45,6 @@ import gc
 import json
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -73,27 +71,17 @@ MODULES = ("policy", "sample", "pad", "combine")
 
 
 # ---------------------------------------------------------------------------- helpers
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    _TUNED_MALLOC,
+    _reexec_with_malloc,
+    allocator,
+    cpu_model,
+    cpu_snapshot,
+    foreign_load,
+    median,
+    random_mask,
+)
 
-
-# glibc returns every freed block above 32 MB to the OS, so each large activation is mmapped
-# and page-faulted afresh on every run; that costs the dense network (whose activations are
-# larger) more than block execution and adds noise. "--malloc tuned" (the default) re-runs this
-# script with glibc told to keep freed memory (as jemalloc or PyTorch's CUDA caching allocator
-# do); "--malloc default" measures stock glibc behaviour. Dense and block always share one.
-_TUNED_MALLOC = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
-    "MALLOC_TOP_PAD_": str(1 << 28),
-}
 # The memory measurement runs in a child process whose glibc maps every block >= 64 KiB
 # separately and returns it on free (fixed thresholds, no dynamic growth), so that the resident
 # set follows the live tensors and the peak of one forward is visible in VmHWM.
@@ -102,64 +90,6 @@ _MEMORY_MALLOC = {
     "MALLOC_TRIM_THRESHOLD_": str(1 << 17),
 }
 _ALL_MALLOC_KEYS = set(_TUNED_MALLOC) | set(_MEMORY_MALLOC) | {"MALLOC_TOP_PAD_"}
-
-
-def allocator() -> str:
-    pre = os.environ.get("LD_PRELOAD", "")
-    for name in ("jemalloc", "tcmalloc", "mimalloc"):
-        if name in pre:
-            return f"{name} (LD_PRELOAD)"
-    if all(os.environ.get(k) == v for k, v in _TUNED_MALLOC.items()):
-        return "glibc malloc, tuned: " + " ".join(f"{k}={v}" for k, v in _TUNED_MALLOC.items())
-    return "glibc malloc (default settings)"
-
-
-def _reexec_with_malloc(mode: str) -> None:
-    """Restart the interpreter with the allocator settings of ``mode`` (env is read at start)."""
-    want = dict(_TUNED_MALLOC) if mode == "tuned" else {}
-    have = {k: os.environ.get(k) for k in _TUNED_MALLOC}
-    if all(have[k] == want.get(k) for k in _TUNED_MALLOC):
-        return
-    env = {k: v for k, v in os.environ.items() if k not in _TUNED_MALLOC}
-    env.update(want)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
-def cpu_snapshot():
-    """(wall s, busy CPU s of the whole machine, steal s, CPU s of this process) or None."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        hz = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return None
-    busy = v[0] + v[1] + v[2] + v[5] + v[6]  # user nice system irq softirq
-    steal = v[7] if len(v) > 7 else 0
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return time.monotonic(), busy / hz, steal / hz, r.ru_utime + r.ru_stime
-
-
-def foreign_load(a, b) -> dict | None:
-    """Average CPU cores used by *other* processes (and hypervisor steal) between snapshots."""
-    if a is None or b is None or b[0] <= a[0]:
-        return None
-    wall = b[0] - a[0]
-    return {
-        "other_processes_cores": max(0.0, ((b[1] - a[1]) - (b[3] - a[3])) / wall),
-        "steal_cores": (b[2] - a[2]) / wall,
-        "wall_s": wall,
-    }
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
-def random_mask(gen: torch.Generator, gh: int, gw: int, n_hr: int) -> torch.Tensor:
-    """``[1, gh, gw]`` bool mask with exactly ``n_hr`` HR cells at random positions."""
-    flat = torch.zeros(gh * gw, dtype=torch.bool)
-    flat[torch.randperm(gh * gw, generator=gen)[:n_hr]] = True
-    return flat.view(1, gh, gw)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -17,15 +17,7 @@ import statistics
 import sys
 import time
 
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not HxW, e.g. 512x1024") from None
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
-    return h, w
+from segblocks.engine.macs import parse_size as _parse_size
 
 
 def _positive(text: str) -> int:

@@ -475,7 +475,8 @@ def _make_input(model, shape_or_tensor, device, dtype) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- CLI
-def _parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """``"HxW"`` -> ``(H, W)`` for argparse (shared by the ``segblocks`` subcommands)."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -502,7 +503,7 @@ def add_macs_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--size",
-        type=_parse_size,
+        type=parse_size,
         default=(1024, 2048),
         metavar="HxW",
         help="input size, multiples of the block size (default 1024x2048, Cityscapes)",
