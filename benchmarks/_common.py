@@ -95,3 +95,40 @@ def random_mask(gen: torch.Generator, gh: int, gw: int, n_hr: int) -> torch.Tens
     flat = torch.zeros(gh * gw, dtype=torch.bool)
     flat[torch.randperm(gh * gw, generator=gen)[:n_hr]] = True
     return flat.view(1, gh, gw)
+
+
+def add_run_arguments(ap, profile_help: str) -> None:
+    """Repetition, output and allocator options shared by the benchmark scripts."""
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer repetitions (3 runs, 1 warm-up, 1 profiled run); same sizes",
+    )
+    ap.add_argument("--json", metavar="PATH", help="write all figures to this JSON file")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    ap.add_argument("--runs", type=int, help="timed runs per configuration (default 5; quick 3)")
+    ap.add_argument(
+        "--warmup", type=int, help="warm-up runs per configuration (default 2; quick 1)"
+    )
+    ap.add_argument("--profile-runs", type=int, help=profile_help)
+    ap.add_argument("--seed", type=int, default=0, help="seed for inputs and masks (default 0)")
+    ap.add_argument(
+        "--malloc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="glibc settings: 'tuned' keeps freed memory (no page faults on reuse; default), "
+        "'default' is stock glibc; the script restarts itself to apply them",
+    )
+
+
+def resolve_run_arguments(ap, args):
+    """Fill the --quick dependent defaults and validate the repetition counts."""
+    if args.runs is None:
+        args.runs = 3 if args.quick else 5
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    if args.profile_runs is None:
+        args.profile_runs = 1 if args.quick else 2
+    if args.runs < 1 or args.warmup < 0 or args.profile_runs < 1 or args.threads < 1:
+        ap.error("--runs, --profile-runs and --threads must be >= 1, --warmup >= 0")
+    return args

@@ -69,12 +69,14 @@ BB_FRACS = (0.25, 0.5, 0.75, 1.0)  # Fig. 13b, at block 16
 # ---------------------------------------------------------------------------- helpers
 from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
     _reexec_with_malloc,
+    add_run_arguments,
     allocator,
     cpu_model,
     cpu_snapshot,
     foreign_load,
     median,
     random_mask,
+    resolve_run_arguments,
 )
 
 
@@ -444,41 +446,11 @@ def parse_args(argv=None):
         "speedup on a ResNet-18 trunk (1x3x1024x2048, block 128) and a single BasicBlock "
         "(paper Fig. 13).",
     )
-    ap.add_argument(
-        "--quick",
-        action="store_true",
-        help="fewer repetitions (3 runs, 1 warm-up, 1 profiled run); same sizes",
-    )
-    ap.add_argument("--json", metavar="PATH", help="write all figures to this JSON file")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    ap.add_argument("--runs", type=int, help="timed runs per configuration (default 5; quick 3)")
-    ap.add_argument(
-        "--warmup", type=int, help="warm-up runs per configuration (default 2; quick 1)"
-    )
-    ap.add_argument(
-        "--profile-runs",
-        type=int,
-        help="BlockStats-profiled trunk runs per config for the op shares (default 2; quick 1)",
+    add_run_arguments(
+        ap, "BlockStats-profiled trunk runs per config for the op shares (default 2; quick 1)"
     )
     ap.add_argument("--only", choices=("trunk", "basicblock"), help="run one part only")
-    ap.add_argument("--seed", type=int, default=0, help="seed for inputs and masks (default 0)")
-    ap.add_argument(
-        "--malloc",
-        choices=("tuned", "default"),
-        default="tuned",
-        help="glibc settings: 'tuned' keeps freed memory (no page faults on reuse; default), "
-        "'default' is stock glibc; the script restarts itself to apply them",
-    )
-    args = ap.parse_args(argv)
-    if args.runs is None:
-        args.runs = 3 if args.quick else 5
-    if args.warmup is None:
-        args.warmup = 1 if args.quick else 2
-    if args.profile_runs is None:
-        args.profile_runs = 1 if args.quick else 2
-    if args.runs < 1 or args.warmup < 0 or args.profile_runs < 1 or args.threads < 1:
-        ap.error("--runs, --profile-runs and --threads must be >= 1, --warmup >= 0")
-    return args
+    return resolve_run_arguments(ap, ap.parse_args(argv))
 
 
 def main(argv=None) -> int:

@@ -74,12 +74,14 @@ MODULES = ("policy", "sample", "pad", "combine")
 from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
     _TUNED_MALLOC,
     _reexec_with_malloc,
+    add_run_arguments,
     allocator,
     cpu_model,
     cpu_snapshot,
     foreign_load,
     median,
     random_mask,
+    resolve_run_arguments,
 )
 
 # The memory measurement runs in a child process whose glibc maps every block >= 64 KiB
@@ -740,23 +742,7 @@ def parse_args(argv=None):
         "static reduced-resolution SwiftNets: GMACs, CPU latency, speedup vs theory, peak "
         "memory, time per module (paper Tables 5/6).",
     )
-    ap.add_argument(
-        "--quick",
-        action="store_true",
-        help="fewer repetitions (3 runs, 1 warm-up, 1 profiled run); same sizes",
-    )
-    ap.add_argument("--json", metavar="PATH", help="write all figures to this JSON file")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    ap.add_argument("--runs", type=int, help="timed runs per configuration (default 5; quick 3)")
-    ap.add_argument(
-        "--warmup", type=int, help="warm-up runs per configuration (default 2; quick 1)"
-    )
-    ap.add_argument(
-        "--profile-runs",
-        type=int,
-        help="BlockStats-profiled runs per SegBlocks row (default 2; quick 1)",
-    )
-    ap.add_argument("--seed", type=int, default=0, help="seed for inputs and masks (default 0)")
+    add_run_arguments(ap, "BlockStats-profiled runs per SegBlocks row (default 2; quick 1)")
     ap.add_argument(
         "--size",
         type=parse_size,
@@ -767,24 +753,8 @@ def parse_args(argv=None):
     )
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child run")
-    ap.add_argument(
-        "--malloc",
-        choices=("tuned", "default"),
-        default="tuned",
-        help="glibc settings: 'tuned' keeps freed memory (no page faults on reuse; default), "
-        "'default' is stock glibc; the script restarts itself to apply them",
-    )
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.runs is None:
-        args.runs = 3 if args.quick else 5
-    if args.warmup is None:
-        args.warmup = 1 if args.quick else 2
-    if args.profile_runs is None:
-        args.profile_runs = 1 if args.quick else 2
-    if args.runs < 1 or args.warmup < 0 or args.profile_runs < 1 or args.threads < 1:
-        ap.error("--runs, --profile-runs and --threads must be >= 1, --warmup >= 0")
-    return args
+    return resolve_run_arguments(ap, ap.parse_args(argv))
 
 
 if __name__ == "__main__":
