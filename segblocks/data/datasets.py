@@ -119,6 +119,14 @@ class SegmentationDataset(Dataset):
         return image, label
 
     # -- construction helpers ---------------------------------------------------------
+    def _require_dirs(self, name: str, *dirs: Path) -> None:
+        """``FileNotFoundError`` naming the first missing folder and the expected layout."""
+        for d in dirs:
+            if not d.is_dir():
+                raise FileNotFoundError(
+                    f"{name}: folder {d} not found. Expected layout:\n{self.LAYOUT}"
+                )
+
     def _set_samples(self, samples: list[tuple[Path, Path]], layout: str) -> None:
         if not samples:
             raise FileNotFoundError(f"No images found. Expected layout:\n{layout}")
@@ -250,11 +258,7 @@ class CamVid(SegmentationDataset):
         self.root = Path(root)
         self.split = split
         img_dir, lbl_dir = self.root / split, self.root / f"{split}annot"
-        for d in (self.root, img_dir, lbl_dir):
-            if not d.is_dir():
-                raise FileNotFoundError(
-                    f"CamVid: folder {d} not found. Expected layout:\n{self.LAYOUT}"
-                )
+        self._require_dirs("CamVid", self.root, img_dir, lbl_dir)
         images = {p.name: p for p in img_dir.glob("*.png")}
         labels = {p.name: p for p in lbl_dir.glob("*.png")}
         self._set_samples(_pair_by_key(images, labels, f"CamVid {split}"), self.LAYOUT)
@@ -369,11 +373,7 @@ class Cityscapes(SegmentationDataset):
         self.split = split
         img_dir = self.root / "leftImg8bit" / split
         lbl_dir = self.root / "gtFine" / split
-        for d in (self.root, img_dir, lbl_dir):
-            if not d.is_dir():
-                raise FileNotFoundError(
-                    f"Cityscapes: folder {d} not found. Expected layout:\n{self.LAYOUT}"
-                )
+        self._require_dirs("Cityscapes", self.root, img_dir, lbl_dir)
         images = {
             f"{p.parent.name}/{p.name[: -len(self.IMG_SUFFIX)]}": p
             for p in img_dir.glob(f"*/*{self.IMG_SUFFIX}")
@@ -507,11 +507,7 @@ class MapillaryVistas(SegmentationDataset):
         self.size = None if size is None else (int(size[0]), int(size[1]))
         base = self.root / self.split_dirs[split]
         img_dir, lbl_dir = base / "images", base / "v1.2" / "labels"
-        for d in (self.root, img_dir, lbl_dir):
-            if not d.is_dir():
-                raise FileNotFoundError(
-                    f"MapillaryVistas: folder {d} not found. Expected layout:\n{self.LAYOUT}"
-                )
+        self._require_dirs("MapillaryVistas", self.root, img_dir, lbl_dir)
         images = {p.stem: p for p in img_dir.glob("*.jpg")}
         labels = {p.stem: p for p in lbl_dir.glob("*.png")}
         self._set_samples(_pair_by_key(images, labels, f"MapillaryVistas {split}"), self.LAYOUT)
