@@ -1,26 +1,11 @@
 """End-to-end CLI: train -> eval -> infer on tiny procedural data."""
 
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 
 from segblocks.cli import main
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "procedural_tiny.yaml")
-TINY = [
-    "dataset_kwargs.num_images=4",
-    "dataset_kwargs.height=128",
-    "dataset_kwargs.width=256",
-    "val_kwargs.num_images=2",
-    "crop_size=[128,128]",
-    "batch_size=2",
-    "epochs=1",
-    "log_every=1",
-    "model_kwargs.decoder_width=32",
-    "policy_kwargs.width=8",
-    "tensorboard=false",
-]
+from .tiny import CONFIG, TINY
 
 
 def test_train_eval_infer(tmp_path, capsys):

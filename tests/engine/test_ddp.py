@@ -13,6 +13,8 @@ import torch.multiprocessing as mp
 
 from segblocks.models import load_checkpoint
 
+from ..tiny import TINY
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -36,21 +38,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, results) -> None:
 
     cfg = load_config(
         str(CONFIGS / "procedural_tiny.yaml"),
-        [
-            "dataset_kwargs.num_images=8",
-            "dataset_kwargs.height=128",
-            "dataset_kwargs.width=256",
-            "val_kwargs.num_images=2",
-            "crop_size=[128,128]",
-            "batch_size=2",
-            "epochs=1",
-            "log_every=1",
-            "model_kwargs.decoder_width=32",
-            "policy_kwargs.width=8",
-            "tensorboard=false",
-            "device=cpu",
-            f"out_dir={out_dir}",
-        ],
+        [*TINY, "dataset_kwargs.num_images=8", "device=cpu", f"out_dir={out_dir}"],
     )
     res = train(cfg)
     assert not dist.is_initialized()  # train() cleans up the group it created

@@ -14,21 +14,9 @@ from segblocks.engine.config import TrainConfig, apply_overrides, load_config
 from segblocks.engine.trainer import cosine_factor, load_segblocks, train
 from segblocks.models import load_checkpoint
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+from ..tiny import TINY
 
-TINY = [
-    "dataset_kwargs.num_images=4",
-    "dataset_kwargs.height=128",
-    "dataset_kwargs.width=256",
-    "val_kwargs.num_images=2",
-    "crop_size=[128,128]",
-    "batch_size=2",
-    "epochs=1",
-    "log_every=1",
-    "model_kwargs.decoder_width=32",
-    "policy_kwargs.width=8",
-    "tensorboard=false",
-]
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def tiny_config(tmp_path, *extra) -> TrainConfig:
