@@ -84,20 +84,25 @@ def _pair(v, name="value"):
     return int(v), int(v)
 
 
-def _map(x: BlockTensor, fn, out_fn=None, side=None) -> BlockTensor:
-    """Apply ``fn`` to HR and LR blocks; with a learned halo, write into a padded store."""
+def _map(x: BlockTensor, fn, out_fn=None, side=None, other=None) -> BlockTensor:
+    """Apply ``fn`` to HR and LR blocks; with a learned halo, write into a padded store.
+
+    ``other``: the second operand's ``(hr, lr)`` for binary ops, passed as ``fn(a, b)`` /
+    ``out_fn(a, b, out)``.
+    """
     trace = x.trace
     op_id = trace.next() if trace is not None else None
     pads = trace.margins_for(op_id) if (trace is not None and out_fn is not None) else None
+    extra = ((), ()) if other is None else ((other[0],), (other[1],))
     store = None
     if pads is not None:
         store = _Store(x.grid, x.side, pads, x.channels, x.dtype, x.device, trace)
         hi, li = store.interiors()
-        out_fn(x.hr, hi)
-        out_fn(x.lr, li)
+        out_fn(x.hr, *extra[0], hi)
+        out_fn(x.lr, *extra[1], li)
         hr, lr = hi, li
     else:
-        hr, lr = fn(x.hr), fn(x.lr)
+        hr, lr = fn(x.hr, *extra[0]), fn(x.lr, *extra[1])
     return BlockTensor(
         hr,
         lr,
@@ -151,20 +156,15 @@ def _binary(op_name, fn, out_fn=None):
                 raise UnsupportedBlockOp(f"'{op_name}' with a block tensor as second operand")
             x, other = other, x
         _no_pending(x, op_name)
-        oh, ol = _other_part(x, other, op_name)
-        parts = iter((oh, ol))
+        pair = _other_part(x, other, op_name)
 
-        def plain(a):
-            return fn(a, next(parts), *args, **kwargs)
+        def plain(a, b):
+            return fn(a, b, *args, **kwargs)
 
-        if out_fn is None:
-            return _map(x, plain)
-        parts_out = iter((oh, ol))
+        def into(a, b, out):
+            out_fn(a, b, *args, out=out, **kwargs)
 
-        def into(a, out):
-            out_fn(a, next(parts_out), *args, out=out, **kwargs)
-
-        return _map(x, plain, into)
+        return _map(x, plain, into if out_fn is not None else None, other=pair)
 
     return handler
 
