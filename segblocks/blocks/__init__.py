@@ -1,17 +1,29 @@
-"""Block tensors and block execution of CNN layers (SegBlocks paper, section 3.2)."""
+"""Block tensors and block execution of CNN layers (SegBlocks paper, section 3.2).
+
+Where each part of the method lives:
+
+- ``grid``: the per-image HR/LR decisions (:class:`BlockGrid`) and tables derived from them;
+- ``tensor``: the block tensor (parts per resolution level) and its padded buffers;
+- ``sample`` / ``pad`` / ``combine``: BlockSample, BlockPad (index plans + halo fill),
+  BlockCombine; ``fallback``: dense execution of layers that need the whole map;
+- ``kernels`` / ``extension``: the ``segblocks::`` custom ops behind them (C++ on CPU, pure
+  PyTorch otherwise);
+- ``dispatch``: which handler runs for a torch call (:func:`register_block_op`);
+  ``layers``: the handlers, one module per op family;
+- ``modules``: thin ``nn.Module`` wrappers; ``cache``: every cache, with :func:`clear_caches`;
+  ``stats``: MAC and time accounting; ``fuse``: batch-norm folding for inference.
+"""
 
 from . import layers  # noqa: F401  (registers the layer handlers)
-from .grid import PAD_MODES, BlockGrid
+from .cache import clear_caches
+from .combine import block_combine
+from .dispatch import UnsupportedBlockOp, register_block_op
+from .fallback import dense_fallback
+from .grid import BlockGrid
 from .modules import BlockCombine, BlockPad, BlockSample, DenseFallback
-from .tensor import (
-    BlockTensor,
-    MarginProfile,
-    UnsupportedBlockOp,
-    block_combine,
-    block_pad,
-    block_sample,
-    dense_fallback,
-)
+from .pad import PAD_MODES, block_pad, pad_plan
+from .sample import block_sample
+from .tensor import BlockTensor, MarginProfile
 
 __all__ = [
     "PAD_MODES",
@@ -19,10 +31,13 @@ __all__ = [
     "BlockTensor",
     "MarginProfile",
     "UnsupportedBlockOp",
+    "register_block_op",
+    "clear_caches",
     "block_sample",
     "block_pad",
     "block_combine",
     "dense_fallback",
+    "pad_plan",
     "BlockSample",
     "BlockPad",
     "BlockCombine",

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .tensor import (
-    BlockTensor,
-    MarginProfile,
-    block_combine,
-    block_pad,
-    block_sample,
-    dense_fallback,
-)
+from .combine import block_combine
+from .fallback import dense_fallback
+from .pad import block_pad
+from .sample import block_sample
+from .tensor import BlockTensor, MarginProfile
 
 __all__ = ["BlockSample", "BlockPad", "BlockCombine", "DenseFallback"]
 

@@ -87,10 +87,11 @@ class timed:
             st._depth -= 1
 
 
-def count_conv(weight: torch.Tensor, groups: int, out_hr: torch.Tensor, out_lr: torch.Tensor):
+def count_conv(weight: torch.Tensor, groups: int, outputs) -> None:
+    """Add the MACs of a conv whose per-level outputs are ``outputs`` (level 0 = HR)."""
     st = active()
     if st is None:
         return
-    per_px = weight.shape[0] * (weight.shape[1]) * weight.shape[2] * weight.shape[3]
-    st.macs["hr"] += out_hr.shape[0] * out_hr.shape[2] * out_hr.shape[3] * per_px
-    st.macs["lr"] += out_lr.shape[0] * out_lr.shape[2] * out_lr.shape[3] * per_px
+    per_px = weight.shape[0] * weight.shape[1] * weight.shape[2] * weight.shape[3]
+    for key, out in zip(("hr", "lr"), outputs, strict=True):
+        st.macs[key] += out.shape[0] * out.shape[2] * out.shape[3] * per_px

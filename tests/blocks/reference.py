@@ -10,8 +10,8 @@ the definitions (paper section 3.2 and the package spec), with no index plans or
   reduced 2x by average pooling (``avg``) or by taking ``block[..., ::2, ::2]``
   (``strided``)); pad each canvas (constant ``value`` or edge replication); a padded HR block is
   its window in the padded HR canvas, a padded LR block its window in the padded LR canvas.
-  Mode ``zero`` (the Table 9 ablation): each block is padded on its own, i.e. its canvas holds
-  only the block itself and ``value`` everywhere else.
+  Mode ``zero`` (the Table 9 ablation): each block is padded as a separate image (``value``,
+  or its own edge pixels for a replicate border).
 * ``ref_combine``: the HR canvas (``nearest``), or LR blocks bilinearly upsampled with a
   1-pixel replicate halo (``bilinear``).
 * ``run_reference``: a tiny block executor for small CNNs described as a list of layers, doing
@@ -163,21 +163,17 @@ def ref_pad(hr, lr, mask, s, padding, mode="avg", border="zeros", value=0.0):
     like = _like(hr, lr)
     out_hr, out_lr = [], []
     if mode == "zero":
-        # Every block on its own: a canvas holding only this block, `value` elsewhere.
+        # Every block is an image of its own: padded with `value`, or with its own edge
+        # pixels for a replicate border.
         ih = il = 0
-        for _n, gy, gx, is_hr in cells(mask):
+        for _n, _gy, _gx, is_hr in cells(mask):
             if is_hr:
-                block, side = hr[ih], s
+                block = hr[ih]
                 ih += 1
             else:
-                block, side = lr[il], t
+                block = lr[il]
                 il += 1
-            canvas = torch.full(
-                (C, GH * side, GW * side), value, dtype=like.dtype, device=like.device
-            )
-            canvas[:, gy * side : (gy + 1) * side, gx * side : (gx + 1) * side] = block
-            win = _window(pad_canvas(canvas, pads, border, value), gy, gx, side, pads)
-            (out_hr if is_hr else out_lr).append(win)
+            (out_hr if is_hr else out_lr).append(pad_canvas(block, pads, border, value))
     else:
         canvas_hr, canvas_lr = ref_canvases(hr, lr, mask, s, mode)
         padded_hr = pad_canvas(canvas_hr, pads, border, value)

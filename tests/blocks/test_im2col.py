@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import segblocks.blocks.layers as layers
+import segblocks.blocks.layers.conv as conv
 from segblocks.blocks import MarginProfile, block_combine, block_sample
 
 
@@ -26,11 +26,11 @@ def test_im2col_path_matches_conv_path(monkeypatch, k, stride, pad, bias, mode):
         return F.conv2d(xb, w, b, stride, pad)
 
     ref = block_combine(run(block_sample(x, mask, 8, pad_mode=mode)))  # autograd: conv path
-    monkeypatch.setattr(layers, "IM2COL_MIN_CHANNELS", 1)
-    monkeypatch.setattr(layers, "IM2COL_MAX_SIDE", 8)
+    monkeypatch.setattr(conv, "IM2COL_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "IM2COL_MAX_SIDE", 8)
     calls = []
-    orig = layers._conv_parts_im2col
-    monkeypatch.setattr(layers, "_conv_parts_im2col", lambda *a: calls.append(1) or orig(*a))
+    orig = conv.gemm_weight
+    monkeypatch.setattr(conv, "gemm_weight", lambda w: calls.append(1) or orig(w))
     prof = MarginProfile()
     with torch.no_grad():
         for _ in range(2):

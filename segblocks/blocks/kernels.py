@@ -1,0 +1,552 @@
+"""Block ops as ``torch.library`` custom ops: compiled CPU kernels with a pure-PyTorch fallback.
+
+The ops work on "flat stores": a contiguous ``[R + 1, C]`` tensor (channels-last rows) holding
+the padded HR blocks ``[Nh, s+pt+pb, s+pl+pr]`` (HR block ``b`` at rows
+``[b*hp*wp, (b+1)*hp*wp)``, its padded pixel ``(y, x)`` at row ``b*hp*wp + y*wp + x``), then the
+padded LR blocks ``[Nl, t+pt+pb, t+pl+pr]`` (``t = s/2``, starting at ``rows_hr = Nh*hp*wp``),
+then row ``R``, the pad-value row. A halo plan (:class:`segblocks.blocks.grid.PadPlan`) is five
+int64 row-index tensors ``copy_dst, copy_src, avg_dst, avg_src, const_dst`` plus a value.
+
+Ops (namespace ``segblocks``, callable as ``torch.ops.segblocks.<name>`` or as this module's
+attributes of the same name):
+
+* ``halo_fill_(flat, copy_dst, copy_src, avg_dst, avg_src, const_dst, value)``: fills the
+  halo in place: ``flat[R] = value``; ``flat[copy_dst] = flat[copy_src]``;
+  ``flat[avg_dst[i]] = mean(flat[avg_src[4i:4i+4]])`` (float32 accumulation for bf16/fp16);
+  ``flat[const_dst] = value``. Entries of ``avg_dst`` equal to ``R`` are fillers and skipped,
+  so ``flat[R] == value`` afterwards.
+* ``halo_fill_backward_(grad, <plan tensors>)``: its adjoint in place on a gradient store:
+  ``grad[R] = 0``; ``grad[const_dst] = 0``; ``grad[avg_src] += grad[avg_dst] / 4`` then
+  ``grad[avg_dst] = 0``; ``grad[copy_src] += grad[copy_dst]``. Only the interior rows are
+  meaningful afterwards (copy destinations keep their incoming gradient).
+* ``pad_blocks(hr, lr, <plan tensors>, geometry=[s, pt, pb, pl, pr], value) -> flat``:
+  a new store from blocks ``hr [Nh, C, s, s]`` and ``lr [Nl, C, t, t]`` (any strides) with the
+  halo filled; differentiable.
+* ``sample_blocks(x, hr_cells, lr_cells, geometry=[GH, GW, s, pt, pb, pl, pr]) -> flat``:
+  BlockSample of ``x [N, C, GH*s, GW*s]`` into a store (HR interiors hold the block, LR
+  interiors its 2x2 mean; halo rows and row ``R`` are zero); differentiable.
+* ``combine_blocks(hr, lr, hr_cells, lr_cells, geometry=[N, GH, GW, s]) -> [N, C, H, W]``:
+  BlockCombine (LR blocks nearest-upsampled), channels-last; differentiable.
+
+``hr_cells`` / ``lr_cells`` are int64 flat cell ids ``n*GH*GW + gy*GW + gx``, ascending.
+
+Backends: CPU tensors run the C++ kernels of ``segblocks/csrc/block_ops.cpp``
+(``torch.ops.segblocks_C``, built once per machine by :mod:`.extension`) when they are
+available, otherwise pure-PyTorch index ops; other devices (CUDA) always take the PyTorch path.
+``SEGBLOCKS_BACKEND=auto|cpp|python`` picks the backend (``auto``: C++ when it loads); at run
+time use :func:`set_backend` / :func:`use_backend` and :func:`backend`. In float32 both
+backends give bit-identical results.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+
+from . import extension
+
+__all__ = [
+    "BACKENDS",
+    "FLOAT_DTYPES",
+    "backend",
+    "set_backend",
+    "use_backend",
+    "halo_fill_",
+    "halo_fill_backward_",
+    "pad_blocks",
+    "sample_blocks",
+    "combine_blocks",
+]
+
+#: Accepted values of ``SEGBLOCKS_BACKEND`` and :func:`set_backend`.
+BACKENDS = ("auto", "cpp", "python")
+_ENV = "SEGBLOCKS_BACKEND"
+
+_requested: str | None = None  # None until resolved from SEGBLOCKS_BACKEND
+_cpp: bool | None = None  # resolved: do CPU tensors take the C++ kernels?
+_C = SimpleNamespace()  # OpOverloads of torch.ops.segblocks_C, bound once loaded
+
+#: Dtypes the kernels support (the C++ ones dispatch on exactly these).
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_LOW = (torch.bfloat16, torch.float16)
+
+
+# ----------------------------------------------------------------------------- backend choice
+def _check_name(name: str, origin: str) -> str:
+    key = str(name).strip().lower()
+    if key not in BACKENDS:
+        raise ValueError(f"{origin} is {name!r}; expected one of {', '.join(BACKENDS)}")
+    return key
+
+
+def _select(name: str) -> bool:
+    """Make ``name`` the backend; returns whether CPU tensors take the C++ kernels."""
+    global _requested, _cpp
+    use = False
+    if name != "python":
+        use = extension.cpp_available()
+        if not use and name == "cpp":
+            raise RuntimeError(
+                "segblocks: the C++ block kernels were requested (SEGBLOCKS_BACKEND=cpp or "
+                f"set_backend('cpp')) but are unavailable: {extension.failure_reason()}. "
+                "Install a C++ compiler and ninja, or use the 'python' backend"
+            )
+        if use and not hasattr(_C, "halo_fill_"):
+            ops = torch.ops.segblocks_C
+            for op in (
+                "halo_fill_",
+                "halo_fill_backward_",
+                "pad_blocks",
+                "pad_blocks_backward",
+                "sample_blocks",
+                "sample_blocks_backward",
+                "combine_blocks",
+                "combine_blocks_backward",
+            ):
+                setattr(_C, op, getattr(ops, op).default)
+    _requested, _cpp = name, use
+    return use
+
+
+def _resolve() -> bool:
+    return _select(_check_name(os.environ.get(_ENV, "auto") or "auto", _ENV))
+
+
+def backend() -> str:
+    """``"cpp"`` when CPU tensors run the compiled kernels, else ``"python"``."""
+    use = _cpp if _cpp is not None else _resolve()
+    return "cpp" if use else "python"
+
+
+class _Restore:
+    """Returned by :func:`set_backend`; as a context manager it restores the previous choice."""
+
+    def __init__(self, previous):
+        self._previous = previous
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        global _requested, _cpp
+        _requested, _cpp = self._previous
+        return False
+
+
+def set_backend(name: str) -> _Restore:
+    """Select ``"auto"``, ``"cpp"`` or ``"python"`` for all later calls.
+
+    Raises RuntimeError for ``"cpp"`` when the kernels cannot be built. The return value can
+    be used as a context manager that restores the previous backend on exit::
+
+        with kernels.set_backend("python"):
+            ...
+    """
+    previous = (_requested, _cpp)
+    _select(_check_name(name, "backend"))
+    return _Restore(previous)
+
+
+def use_backend(name: str) -> _Restore:
+    """Context manager form of :func:`set_backend`: ``with use_backend("python"): ...``."""
+    return set_backend(name)
+
+
+def _on_cpp(t: Tensor) -> bool:
+    use = _cpp
+    if use is None:
+        use = _resolve()
+    return use and t.is_cpu
+
+
+# ----------------------------------------------------------------------------- PyTorch path
+def _pool4(a: Tensor, b: Tensor, c: Tensor, d: Tensor, scale: float) -> Tensor:
+    """``scale * (((a + b) + c) + d)`` (the C++ kernels' order), float32 math for bf16/fp16."""
+    dt = a.dtype
+    low = dt in _LOW
+    acc = (a.float() if low else a) + b
+    acc += c
+    acc += d
+    if scale != 1.0:
+        acc *= scale
+    return acc.to(dt) if low else acc
+
+
+def _store_geometry(s, pt, pb, pl, pr, nh, nl):
+    t = s // 2
+    hp, wp, tp, tw = s + pt + pb, s + pl + pr, t + pt + pb, t + pl + pr
+    rows_hr = nh * hp * wp
+    return t, hp, wp, tp, tw, rows_hr, rows_hr + nl * tp * tw
+
+
+def _interiors(flat: Tensor, geometry, nh: int, nl: int) -> tuple[Tensor, Tensor]:
+    """Views ``[Nh, s, s, C]`` and ``[Nl, t, t, C]`` of the block interiors of a store."""
+    s, pt, pb, pl, pr = geometry
+    t, hp, wp, tp, tw, rows_hr, R = _store_geometry(s, pt, pb, pl, pr, nh, nl)
+    C = flat.shape[1]
+    hv = flat[:rows_hr].view(nh, hp, wp, C)[:, pt : pt + s, pl : pl + s]
+    lv = flat[rows_hr:R].view(nl, tp, tw, C)[:, pt : pt + t, pl : pl + t]
+    return hv, lv
+
+
+def _cell_index(cells: Tensor, GH: int, GW: int) -> tuple[Tensor, Tensor, Tensor]:
+    per = GH * GW
+    n = cells // per
+    r = cells - n * per
+    gy = r // GW
+    return n, gy, r - gy * GW
+
+
+def _py_halo_fill_(flat, copy_dst, copy_src, avg_dst, avg_src, const_dst, value):
+    last = flat[-1]
+    last.fill_(value)
+    if copy_dst.numel():
+        flat.index_copy_(0, copy_dst, flat.index_select(0, copy_src))
+    if avg_dst.numel():
+        v = flat.index_select(0, avg_src).view(-1, 4, flat.shape[1])
+        flat.index_copy_(0, avg_dst, _pool4(v[:, 0], v[:, 1], v[:, 2], v[:, 3], 0.25))
+        last.fill_(value)  # filler entries aimed at row R
+    if const_dst.numel():
+        flat.index_fill_(0, const_dst, value)
+
+
+def _py_halo_fill_backward_(grad, copy_dst, copy_src, avg_dst, avg_src, const_dst):
+    grad[-1].zero_()
+    if const_dst.numel():
+        grad.index_fill_(0, const_dst, 0)
+    if avg_dst.numel():
+        C = grad.shape[1]
+        gd = grad.index_select(0, avg_dst).mul_(0.25)
+        grad.index_fill_(0, avg_dst, 0)
+        grad.index_add_(0, avg_src, gd.unsqueeze(1).expand(-1, 4, C).reshape(-1, C))
+    if copy_dst.numel():
+        grad.index_add_(0, copy_src, grad.index_select(0, copy_dst))
+
+
+def _py_pad_blocks(hr, lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, value):
+    s, pt, pb, pl, pr = geometry
+    nh, nl, C = hr.shape[0], lr.shape[0], hr.shape[1]
+    R = _store_geometry(s, pt, pb, pl, pr, nh, nl)[-1]
+    flat = hr.new_empty(R + 1, C)
+    hv, lv = _interiors(flat, geometry, nh, nl)
+    if nh:
+        hv.copy_(hr.permute(0, 2, 3, 1))
+    if nl:
+        lv.copy_(lr.permute(0, 2, 3, 1))
+    _py_halo_fill_(flat, copy_dst, copy_src, avg_dst, avg_src, const_dst, value)
+    return flat
+
+
+def _py_pad_blocks_backward(
+    grad, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl
+):
+    work = grad.clone(memory_format=torch.contiguous_format)
+    _py_halo_fill_backward_(work, copy_dst, copy_src, avg_dst, avg_src, const_dst)
+    hv, lv = _interiors(work, geometry, nh, nl)
+    return hv.contiguous().permute(0, 3, 1, 2), lv.contiguous().permute(0, 3, 1, 2)
+
+
+def _py_sample_blocks(x, hr_cells, lr_cells, geometry):
+    GH, GW, s, pt, pb, pl, pr = geometry
+    nh, nl, C = hr_cells.shape[0], lr_cells.shape[0], x.shape[1]
+    R = _store_geometry(s, pt, pb, pl, pr, nh, nl)[-1]
+    flat = x.new_zeros(R + 1, C)
+    hv, lv = _interiors(flat, geometry[2:], nh, nl)
+    x6 = x.unflatten(2, (GH, s)).unflatten(4, (GW, s)).permute(0, 2, 4, 3, 5, 1)
+    if nh:
+        hv.copy_(x6[_cell_index(hr_cells, GH, GW)])
+    if nl:
+        v = x6[_cell_index(lr_cells, GH, GW)].unflatten(1, (s // 2, 2)).unflatten(3, (s // 2, 2))
+        lv.copy_(
+            _pool4(v[:, :, 0, :, 0], v[:, :, 0, :, 1], v[:, :, 1, :, 0], v[:, :, 1, :, 1], 0.25)
+        )
+    return flat
+
+
+def _py_sample_blocks_backward(grad, hr_cells, lr_cells, geometry, N):
+    GH, GW, s, pt, pb, pl, pr = geometry
+    t = s // 2
+    nh, nl, C = hr_cells.shape[0], lr_cells.shape[0], grad.shape[1]
+    grad = grad.contiguous()
+    hv, lv = _interiors(grad, geometry[2:], nh, nl)
+    alloc = grad.new_empty if nh + nl == N * GH * GW else grad.new_zeros
+    out = alloc(N, GH * s, GW * s, C)
+    if nh:
+        o6 = out.view(N, GH, s, GW, s, C).permute(0, 1, 3, 2, 4, 5)
+        o6.index_put_(_cell_index(hr_cells, GH, GW), hv)
+    if nl:
+        o8 = out.view(N, GH, t, 2, GW, t, 2, C).permute(0, 1, 4, 2, 3, 5, 6, 7)
+        v = (lv * 0.25)[:, :, None, :, None, :].expand(-1, t, 2, t, 2, C)
+        o8.index_put_(_cell_index(lr_cells, GH, GW), v)
+    return out.permute(0, 3, 1, 2)
+
+
+def _py_combine_blocks(hr, lr, hr_cells, lr_cells, geometry):
+    N, GH, GW, s = geometry
+    t = s // 2
+    nh, nl, C = hr.shape[0], lr.shape[0], hr.shape[1]
+    alloc = hr.new_empty if nh + nl == N * GH * GW else hr.new_zeros
+    out = alloc(N, GH * s, GW * s, C)
+    if nh:
+        o6 = out.view(N, GH, s, GW, s, C).permute(0, 1, 3, 2, 4, 5)
+        o6.index_put_(_cell_index(hr_cells, GH, GW), hr.permute(0, 2, 3, 1))
+    if nl:
+        o8 = out.view(N, GH, t, 2, GW, t, 2, C).permute(0, 1, 4, 2, 3, 5, 6, 7)
+        v = lr.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(-1, t, 2, t, 2, C)
+        o8.index_put_(_cell_index(lr_cells, GH, GW), v)
+    return out.permute(0, 3, 1, 2)
+
+
+def _py_combine_blocks_backward(grad, hr_cells, lr_cells, geometry):
+    N, GH, GW, s = geometry
+    t = s // 2
+    nh, nl, C = hr_cells.shape[0], lr_cells.shape[0], grad.shape[1]
+    if nh:
+        g6 = grad.unflatten(2, (GH, s)).unflatten(4, (GW, s)).permute(0, 2, 4, 3, 5, 1)
+        gh = g6[_cell_index(hr_cells, GH, GW)].contiguous()
+    else:
+        gh = grad.new_empty(0, s, s, C)
+    if nl:
+        g8 = grad.unflatten(2, (GH, t, 2)).unflatten(5, (GW, t, 2))
+        v = g8.permute(0, 2, 5, 3, 4, 6, 7, 1)[_cell_index(lr_cells, GH, GW)]
+        gl = _pool4(v[:, :, 0, :, 0], v[:, :, 0, :, 1], v[:, :, 1, :, 0], v[:, :, 1, :, 1], 1.0)
+        gl = gl.contiguous()
+    else:
+        gl = grad.new_empty(0, t, t, C)
+    return gh.permute(0, 3, 1, 2), gl.permute(0, 3, 1, 2)
+
+
+# ----------------------------------------------------------------------------- custom ops
+_PLAN = "Tensor copy_dst, Tensor copy_src, Tensor avg_dst, Tensor avg_src, Tensor const_dst"
+
+
+@torch.library.custom_op(
+    "segblocks::halo_fill_",
+    mutates_args=("flat",),
+    schema=f"(Tensor(a!) flat, {_PLAN}, float value) -> ()",
+)
+def _halo_fill_(
+    flat: Tensor,
+    copy_dst: Tensor,
+    copy_src: Tensor,
+    avg_dst: Tensor,
+    avg_src: Tensor,
+    const_dst: Tensor,
+    value: float,
+) -> None:
+    """Fill the halo rows of a flat store in place (inference path; not differentiable)."""
+    if _on_cpp(flat):
+        _C.halo_fill_(flat, copy_dst, copy_src, avg_dst, avg_src, const_dst, value)
+    else:
+        _py_halo_fill_(flat, copy_dst, copy_src, avg_dst, avg_src, const_dst, value)
+
+
+@_halo_fill_.register_fake
+def _(flat, copy_dst, copy_src, avg_dst, avg_src, const_dst, value):
+    return None
+
+
+@torch.library.custom_op(
+    "segblocks::halo_fill_backward_",
+    mutates_args=("grad",),
+    schema=f"(Tensor(a!) grad, {_PLAN}) -> ()",
+)
+def _halo_fill_backward_(
+    grad: Tensor,
+    copy_dst: Tensor,
+    copy_src: Tensor,
+    avg_dst: Tensor,
+    avg_src: Tensor,
+    const_dst: Tensor,
+) -> None:
+    """The adjoint of :func:`halo_fill_`, in place on a gradient store."""
+    if _on_cpp(grad):
+        _C.halo_fill_backward_(grad, copy_dst, copy_src, avg_dst, avg_src, const_dst)
+    else:
+        _py_halo_fill_backward_(grad, copy_dst, copy_src, avg_dst, avg_src, const_dst)
+
+
+@_halo_fill_backward_.register_fake
+def _(grad, copy_dst, copy_src, avg_dst, avg_src, const_dst):
+    return None
+
+
+# pad_blocks ------------------------------------------------------------------
+
+
+@torch.library.custom_op(
+    "segblocks::pad_blocks",
+    mutates_args=(),
+    schema=f"(Tensor hr, Tensor lr, {_PLAN}, int[] geometry, float value) -> Tensor",
+)
+def _pad_blocks(hr, lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, value):
+    """A new flat store from HR/LR blocks with the halo filled by the plan."""
+    if _on_cpp(hr):
+        return _C.pad_blocks(
+            hr, lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, value
+        )
+    return _py_pad_blocks(hr, lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, value)
+
+
+@_pad_blocks.register_fake
+def _(hr, lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, value):
+    s, pt, pb, pl, pr = geometry
+    R = _store_geometry(s, pt, pb, pl, pr, hr.shape[0], lr.shape[0])[-1]
+    return hr.new_empty(R + 1, hr.shape[1])
+
+
+@torch.library.custom_op(
+    "segblocks::_pad_blocks_backward",
+    mutates_args=(),
+    schema=f"(Tensor grad, {_PLAN}, int[] geometry, int num_hr, int num_lr) -> (Tensor, Tensor)",
+)
+def _pad_blocks_backward(grad, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl):
+    if _on_cpp(grad):
+        return _C.pad_blocks_backward(
+            grad, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl
+        )
+    return _py_pad_blocks_backward(
+        grad, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl
+    )
+
+
+@_pad_blocks_backward.register_fake
+def _(grad, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl):
+    s, C = geometry[0], grad.shape[1]
+    return (
+        grad.new_empty(nh, s, s, C).permute(0, 3, 1, 2),
+        grad.new_empty(nl, s // 2, s // 2, C).permute(0, 3, 1, 2),
+    )
+
+
+def _pad_setup(ctx, inputs, output):
+    hr, lr, *plan, geometry, _value = inputs
+    ctx.save_for_backward(*plan)
+    ctx.geometry = geometry
+    ctx.nh, ctx.nl = hr.shape[0], lr.shape[0]
+
+
+def _pad_backward(ctx, grad):
+    gh, gl = _pad_blocks_backward(grad, *ctx.saved_tensors, ctx.geometry, ctx.nh, ctx.nl)
+    return gh, gl, None, None, None, None, None, None, None
+
+
+_pad_blocks.register_autograd(_pad_backward, setup_context=_pad_setup)
+
+# sample_blocks ---------------------------------------------------------------
+
+
+@torch.library.custom_op(
+    "segblocks::sample_blocks",
+    mutates_args=(),
+    schema="(Tensor x, Tensor hr_cells, Tensor lr_cells, int[] geometry) -> Tensor",
+)
+def _sample_blocks(x, hr_cells, lr_cells, geometry):
+    """BlockSample of a dense map into a flat store (halo and pad-value rows zero)."""
+    if _on_cpp(x):
+        return _C.sample_blocks(x, hr_cells, lr_cells, geometry)
+    return _py_sample_blocks(x, hr_cells, lr_cells, geometry)
+
+
+@_sample_blocks.register_fake
+def _(x, hr_cells, lr_cells, geometry):
+    _GH, _GW, s, pt, pb, pl, pr = geometry
+    R = _store_geometry(s, pt, pb, pl, pr, hr_cells.shape[0], lr_cells.shape[0])[-1]
+    return x.new_empty(R + 1, x.shape[1])
+
+
+@torch.library.custom_op(
+    "segblocks::_sample_blocks_backward",
+    mutates_args=(),
+    schema="(Tensor grad, Tensor hr_cells, Tensor lr_cells, int[] geometry, int N) -> Tensor",
+)
+def _sample_blocks_backward(grad, hr_cells, lr_cells, geometry, N):
+    if _on_cpp(grad):
+        return _C.sample_blocks_backward(grad, hr_cells, lr_cells, geometry, N)
+    return _py_sample_blocks_backward(grad, hr_cells, lr_cells, geometry, N)
+
+
+@_sample_blocks_backward.register_fake
+def _(grad, hr_cells, lr_cells, geometry, N):
+    GH, GW, s = geometry[:3]
+    return grad.new_empty(N, GH * s, GW * s, grad.shape[1]).permute(0, 3, 1, 2)
+
+
+def _sample_setup(ctx, inputs, output):
+    x, hr_cells, lr_cells, geometry = inputs
+    ctx.save_for_backward(hr_cells, lr_cells)
+    ctx.geometry = geometry
+    ctx.N = x.shape[0]
+
+
+def _sample_backward(ctx, grad):
+    hr_cells, lr_cells = ctx.saved_tensors
+    return _sample_blocks_backward(grad, hr_cells, lr_cells, ctx.geometry, ctx.N), None, None, None
+
+
+_sample_blocks.register_autograd(_sample_backward, setup_context=_sample_setup)
+
+# combine_blocks --------------------------------------------------------------
+
+
+@torch.library.custom_op(
+    "segblocks::combine_blocks",
+    mutates_args=(),
+    schema="(Tensor hr, Tensor lr, Tensor hr_cells, Tensor lr_cells, int[] geometry) -> Tensor",
+)
+def _combine_blocks(hr, lr, hr_cells, lr_cells, geometry):
+    """BlockCombine (nearest): the dense channels-last map ``[N, C, GH*s, GW*s]``."""
+    if _on_cpp(hr):
+        return _C.combine_blocks(hr, lr, hr_cells, lr_cells, geometry)
+    return _py_combine_blocks(hr, lr, hr_cells, lr_cells, geometry)
+
+
+@_combine_blocks.register_fake
+def _(hr, lr, hr_cells, lr_cells, geometry):
+    N, GH, GW, s = geometry
+    return hr.new_empty(N, GH * s, GW * s, hr.shape[1]).permute(0, 3, 1, 2)
+
+
+@torch.library.custom_op(
+    "segblocks::_combine_blocks_backward",
+    mutates_args=(),
+    schema="(Tensor grad, Tensor hr_cells, Tensor lr_cells, int[] geometry) -> (Tensor, Tensor)",
+)
+def _combine_blocks_backward(grad, hr_cells, lr_cells, geometry):
+    if _on_cpp(grad):
+        return _C.combine_blocks_backward(grad, hr_cells, lr_cells, geometry)
+    return _py_combine_blocks_backward(grad, hr_cells, lr_cells, geometry)
+
+
+@_combine_blocks_backward.register_fake
+def _(grad, hr_cells, lr_cells, geometry):
+    s, C = geometry[3], grad.shape[1]
+    return (
+        grad.new_empty(hr_cells.shape[0], s, s, C).permute(0, 3, 1, 2),
+        grad.new_empty(lr_cells.shape[0], s // 2, s // 2, C).permute(0, 3, 1, 2),
+    )
+
+
+def _combine_setup(ctx, inputs, output):
+    _hr, _lr, hr_cells, lr_cells, geometry = inputs
+    ctx.save_for_backward(hr_cells, lr_cells)
+    ctx.geometry = geometry
+
+
+def _combine_backward(ctx, grad):
+    hr_cells, lr_cells = ctx.saved_tensors
+    gh, gl = _combine_blocks_backward(grad, hr_cells, lr_cells, ctx.geometry)
+    return gh, gl, None, None, None
+
+
+_combine_blocks.register_autograd(_combine_backward, setup_context=_combine_setup)
+
+# Public entry points: the OpOverloads themselves (the fewest Python layers per call).
+halo_fill_ = torch.ops.segblocks.halo_fill_.default
+halo_fill_backward_ = torch.ops.segblocks.halo_fill_backward_.default
+pad_blocks = torch.ops.segblocks.pad_blocks.default
+sample_blocks = torch.ops.segblocks.sample_blocks.default
+combine_blocks = torch.ops.segblocks.combine_blocks.default

@@ -1,0 +1,98 @@
+"""Helpers shared by the block layer handlers: per-level mapping and operand checks."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..dispatch import UnsupportedBlockOp
+from ..tensor import BlockTensor, Store
+
+__all__ = ["pair", "map_parts", "no_pending", "operand_parts", "functions", "inplace_functions"]
+
+
+def functions(name: str) -> list[Callable]:
+    """The out-of-place ``F.<name>``, ``torch.<name>`` and ``torch.Tensor.<name>`` that exist."""
+    found = [getattr(m, name, None) for m in (F, torch, torch.Tensor)]
+    return list(dict.fromkeys(f for f in found if f is not None))
+
+
+def inplace_functions(name: str) -> list[Callable]:
+    """The in-place ``<name>_`` variants (``F.relu_``, ``torch.relu_``, ``Tensor.relu_``)."""
+    return functions(name + "_")
+
+
+def pair(v, name="value") -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        if len(v) == 1:
+            return int(v[0]), int(v[0])
+        if len(v) != 2:
+            raise ValueError(f"{name} {v!r} must be an int or a pair")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def map_parts(
+    x: BlockTensor,
+    fn: Callable,
+    out_fn: Callable | None = None,
+    side: int | None = None,
+    others: list | None = None,
+) -> BlockTensor:
+    """Apply ``fn`` to each level's blocks; with a learned halo, write into a padded store.
+
+    ``others``: per level, the second operand of a binary op, passed as ``fn(a, b)`` /
+    ``out_fn(a, b, out)``. ``out_fn`` writes its result into ``out`` (inference only).
+    """
+    trace = x.trace
+    op_id = x.next_op_id()
+    pads = trace.margins_for(op_id) if (trace is not None and out_fn is not None) else None
+    extra = [()] * len(x.parts) if others is None else [(o,) for o in others]
+    store = None
+    if pads is not None:
+        store = Store(x.grid, x.side, pads, x.channels, x.dtype, x.device, trace)
+        parts = store.interiors()
+        for a, e, out in zip(x.parts, extra, parts, strict=True):
+            out_fn(a, *e, out)
+    else:
+        parts = [fn(a, *e) for a, e in zip(x.parts, extra, strict=True)]
+    return x.derive(parts, side=side, store=store, op_id=op_id)
+
+
+def no_pending(x: BlockTensor, op: str) -> None:
+    if x.pending_pad is not None:
+        raise UnsupportedBlockOp(
+            f"F.pad on a block tensor must be followed by a conv or pooling layer, not '{op}'"
+        )
+
+
+def operand_parts(x: BlockTensor, other, op: str) -> list:
+    """Per level, the operand of an element-wise op between ``x`` and ``other``."""
+    n = len(x.parts)
+    if isinstance(other, BlockTensor):
+        no_pending(other, op)
+        if not x.grid.same_decisions(other.grid) or other.side != x.side:
+            raise ValueError(
+                f"'{op}' between block tensors with different grids or scales (sides {x.side} "
+                f"and {other.side}); both operands must come from the same BlockSample and scale"
+            )
+        return list(other.parts)
+    if isinstance(other, numbers.Number):
+        return [other] * n
+    if isinstance(other, Tensor):
+        if other.dim() >= 2 and tuple(other.shape[-2:]) != (1, 1):
+            raise ValueError(
+                f"'{op}' between a block tensor and a dense tensor of shape {tuple(other.shape)}; "
+                "split the dense tensor with block_sample(...) using the same grid first"
+            )
+        if other.dim() == 4 and other.shape[0] != 1:
+            raise ValueError(
+                f"'{op}' with a per-image tensor of shape {tuple(other.shape)} is not supported "
+                "on block tensors (blocks of all images share one batch)"
+            )
+        return [other] * n
+    raise UnsupportedBlockOp(f"'{op}' with an operand of type {type(other).__name__}")
