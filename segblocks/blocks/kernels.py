@@ -156,10 +156,11 @@ def use_backend(name: str) -> _Restore:
 
 
 def _on_cpp(t: Tensor) -> bool:
+    """Does this call take the C++ kernels? (Never for non-CPU tensors: no build for them.)"""
+    if not t.is_cpu:
+        return False
     use = _cpp
-    if use is None:
-        use = _resolve()
-    return use and t.is_cpu
+    return use if use is not None else _resolve()
 
 
 # ----------------------------------------------------------------------------- PyTorch path

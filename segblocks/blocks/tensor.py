@@ -141,14 +141,15 @@ class Store:
         """Per level ``[B, C, b+pt+pb, b+pl+pr]`` views (``b = side >> level``)."""
         pt, pb, pl, pr = self.pads
         C = self.flat.shape[1]
+        sizes = [self.offsets[1], self.rows - self.offsets[1], 1]
+        # split, not slicing: under autograd its backward is one concatenation, where each
+        # slice's backward would zero-fill a whole store-sized gradient.
+        segs = self.flat.split(sizes)
         out = []
         for lv in LEVELS:
             b = self.side >> lv
-            hp, wp = b + pt + pb, b + pl + pr
-            start = self.offsets[lv]
-            seg = self.flat[start : start + self.counts[lv] * hp * wp]
-            out.append(seg.view(self.counts[lv], hp, wp, C).permute(0, 3, 1, 2))
-        return out
+            out.append(segs[lv].view(self.counts[lv], b + pt + pb, b + pl + pr, C))
+        return [o.permute(0, 3, 1, 2) for o in out]
 
     def interiors(self) -> list[Tensor]:
         """Per level ``[B, C, b, b]`` views of the block interiors."""

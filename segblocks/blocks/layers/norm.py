@@ -34,12 +34,12 @@ def batch_norm(
         C = x.channels
         flat = torch.cat([p.permute(0, 2, 3, 1).reshape(-1, C) for p in x.parts])
         y = F.batch_norm(flat, running_mean, running_var, weight, bias, True, momentum, eps)
-        parts, start = [], 0
-        for p in x.parts:
-            n = p.numel() // C
-            b, h, w = p.shape[0], p.shape[2], p.shape[3]
-            parts.append(y[start : start + n].view(b, h, w, C).permute(0, 3, 1, 2))
-            start += n
+        # split (backward: one concatenation), not slices (backward: a zero-filled y each).
+        ys = y.split([p.numel() // C for p in x.parts])
+        parts = [
+            yp.view(p.shape[0], p.shape[2], p.shape[3], C).permute(0, 3, 1, 2)
+            for yp, p in zip(ys, x.parts, strict=True)
+        ]
         return x.derive(parts)
     scale = torch.rsqrt(running_var + eps)
     if weight is not None:
