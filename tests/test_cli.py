@@ -33,3 +33,10 @@ def test_cli_errors(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
     assert main(["eval", "--dataset", "camvid"]) == 2
     assert "--data-root" in capsys.readouterr().err
+
+
+def test_eval_bfloat16(capsys):
+    args = ["eval", "--size", "128x256", "--max-images", "2", "--block-size", "64", "--no-fps"]
+    assert main(args + ["--policy", "random", "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert "device cpu, bfloat16" in out and "mIoU" in out

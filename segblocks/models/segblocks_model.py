@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..blocks import BlockSample, DenseFallback, block_combine
+from ..blocks import BlockSample, BlockTensor, DenseFallback, block_combine
 from ..policies import Policy, create_policy
 from .registry import create_model
 
@@ -127,6 +127,24 @@ class SegBlocksModel(nn.Module):
             )
         return hp, wp
 
+    def run_blocks(self, xb: BlockTensor) -> Tensor:
+        """Run the network on a block-sampled image; dense logits at stride 4.
+
+        The backbone, decoder and head run on block tensors, the SPP densely through
+        :class:`~segblocks.blocks.DenseFallback`; one BlockCombine (``self.combine``) at the
+        end. No policy, padding or final upsampling (that is :meth:`forward`).
+
+        Args:
+            xb: the image split into blocks, e.g. ``self.sample(x, mask)`` for a normalised
+                ``x [N, 3, H, W]`` (``H``, ``W`` multiples of ``block_size``) and a mask
+                ``[N, H / block_size, W / block_size]``: HR blocks ``[Nh, 3, s, s]``, LR blocks
+                ``[Nl, 3, s/2, s/2]`` (``s = block_size``).
+
+        Returns:
+            logits ``[N, classes, H / 4, W / 4]`` (LR blocks upsampled by the combine).
+        """
+        return block_combine(self.net.decode(self.net.backbone(xb), spp=self.spp), self.combine)
+
     def forward(self, image: Tensor, mask: Tensor | None = None) -> SegBlocksOutput:
         """``image [N, 3, H, W]`` -> :class:`SegBlocksOutput`; ``mask`` overrides the policy."""
         if not isinstance(image, Tensor) or image.dim() != 4:
@@ -148,8 +166,7 @@ class SegBlocksModel(nn.Module):
                 f"mask of shape {tuple(mask.shape)} does not match the {grid_shape[0]}x"
                 f"{grid_shape[1]} grid of a {hp}x{wp} (padded) input with {N} image(s)"
             )
-        xb = self.sample(x, mask)
-        logits = block_combine(self.net.decode(self.net.backbone(xb), spp=self.spp), self.combine)
+        logits = self.run_blocks(self.sample(x, mask))
         logits = F.interpolate(logits, size=(hp, wp), mode="bilinear", align_corners=False)
         if (hp, wp) != (H, W):
             logits = logits[:, :, :H, :W]

@@ -93,3 +93,16 @@ def test_bad_arguments():
         model(torch.randn(1, 3, 128, 256), mask=torch.ones(1, 3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="N, 3, H, W"):
         model(torch.randn(3, 128, 256))
+
+
+def test_run_blocks_gives_stride4_logits_of_forward():
+    net = _net("swiftnet_rn18")
+    model = SegBlocksModel(net, "all_hr", block_size=64).eval()
+    x = torch.randn(1, 3, 128, 256)
+    mask = torch.tensor([[[True, False, False, True], [False, True, False, False]]])
+    with torch.no_grad():
+        logits = model.run_blocks(model.sample(x, mask))
+        out = model(x, mask=mask)
+    assert logits.shape == (1, 5, 32, 64)
+    up = F.interpolate(logits, size=(128, 256), mode="bilinear", align_corners=False)
+    assert torch.equal(up, out.logits)

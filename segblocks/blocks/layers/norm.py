@@ -31,6 +31,16 @@ def batch_norm(
     """``F.batch_norm`` order: ``(input, running_mean, running_var, weight, bias, ...)``."""
     no_pending(x, "batch_norm")
     if training or running_mean is None:
+        nonempty = [lv for lv, p in enumerate(x.parts) if p.shape[0]]
+        if len(nonempty) == 1:
+            # All blocks at one resolution (all-HR / all-LR): the dense op on that part, no
+            # concatenation.
+            parts = list(x.parts)
+            lv = nonempty[0]
+            parts[lv] = F.batch_norm(
+                parts[lv], running_mean, running_var, weight, bias, True, momentum, eps
+            )
+            return x.derive(parts)
         C = x.channels
         flat = torch.cat([p.permute(0, 2, 3, 1).reshape(-1, C) for p in x.parts])
         y = F.batch_norm(flat, running_mean, running_var, weight, bias, True, momentum, eps)

@@ -1,0 +1,109 @@
+"""Argument types and options shared by the ``segblocks`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = [
+    "DTYPES",
+    "positive_int",
+    "fraction",
+    "parse_size",
+    "fail",
+    "add_dtype_argument",
+    "add_model_arguments",
+    "load_model",
+    "input_normalize",
+]
+
+#: ``--dtype`` choices -> torch dtype names
+DTYPES = ("float32", "bfloat16")
+
+
+def positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return v
+
+
+def fraction(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must be in [0, 1]")
+    return v
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"HxW"`` -> ``(H, W)`` for argparse."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not HxW, e.g. 512x1024") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
+    return h, w
+
+
+def fail(cmd: str, e: Exception | str) -> int:
+    """Print ``segblocks CMD: error: E`` to stderr; returns the exit status 2."""
+    print(f"segblocks {cmd}: error: {e}", file=sys.stderr)
+    return 2
+
+
+def add_dtype_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="run the network and its input in this dtype (default float32)",
+    )
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Options that pick the model of ``eval`` and ``infer`` (see :func:`load_model`)."""
+    p.add_argument("--checkpoint", help="trainer checkpoint (segblocks train writes last.pt)")
+    p.add_argument("--model", default="swiftnet_rn18", help="registry model without checkpoint")
+    p.add_argument("--num-classes", type=int, default=9, help="classes without checkpoint (9)")
+    p.add_argument(
+        "--policy",
+        choices=["dense", "all_hr", "all_lr", "random", "heuristic", "learned"],
+        help="block policy (default: the checkpoint's; all_hr without checkpoint); 'dense' runs "
+        "the plain SwiftNet",
+    )
+    p.add_argument("--hr-fraction", type=float, default=0.4, help="tau for random/heuristic")
+    p.add_argument("--block-size", type=int, default=128, help="block side without checkpoint")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
+def load_model(args: argparse.Namespace):
+    """The model of :func:`add_model_arguments`, in eval mode: a trainer checkpoint's
+    SegBlocksModel (``--policy`` overrides its policy) or a fresh registry model."""
+    from segblocks.models import create_model
+    from segblocks.models.segblocks_model import SegBlocksModel
+
+    if args.checkpoint:
+        from segblocks.training import load_segblocks
+
+        model = load_segblocks(args.checkpoint)
+        if args.policy:  # override the trained policy (e.g. all_hr for the static baseline)
+            kw = {"tau": args.hr_fraction} if args.policy in ("random", "heuristic") else {}
+            model = SegBlocksModel(model.net, args.policy, model.block_size, **kw)
+        return model.eval()
+    net = create_model(args.model, num_classes=args.num_classes)
+    if args.policy == "dense":
+        return net.eval()
+    policy = args.policy or "all_hr"
+    kw = {"tau": args.hr_fraction} if policy in ("random", "heuristic") else {}
+    return SegBlocksModel(net, policy, args.block_size, **kw).eval()
+
+
+def input_normalize(model):
+    """The :class:`~segblocks.data.transforms.Normalize` of the model's network (its
+    ``input_mean`` / ``input_std``; ImageNet statistics when it has none)."""
+    from segblocks.data.transforms import Normalize
+
+    net = getattr(model, "net", model)
+    mean, std = getattr(net, "input_mean", None), getattr(net, "input_std", None)
+    return Normalize(mean, std) if mean else Normalize()

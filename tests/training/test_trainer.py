@@ -1,0 +1,117 @@
+"""Training loop: a smoke run, the static baseline, mixed precision, exact resume."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from segblocks.models import load_checkpoint
+from segblocks.training import trainer as trainer_mod
+from segblocks.training.config import TrainConfig, load_config
+from segblocks.training.trainer import cosine_factor, load_segblocks, train
+
+from ..tiny import TINY
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def tiny_config(tmp_path, *extra) -> TrainConfig:
+    return load_config(
+        str(CONFIGS / "procedural_tiny.yaml"), [*TINY, f"out_dir={tmp_path}", *extra]
+    )
+
+
+def test_cosine_factor():
+    assert cosine_factor(0, 10, 0.01) == pytest.approx(1.0)
+    assert cosine_factor(10, 10, 0.01) == pytest.approx(0.01)
+    assert cosine_factor(5, 10, 0.0) == pytest.approx(0.5)
+    assert cosine_factor(20, 10, 0.01) == pytest.approx(0.01)
+    assert not math.isnan(cosine_factor(0, 0, 0.1))
+
+
+def test_smoke_train_writes_checkpoint_and_csv(tmp_path):
+    res = train(tiny_config(tmp_path))
+    assert res["global_step"] == 2
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2
+    assert ckpt["model_name"] == "swiftnet_rn18" and ckpt["segblocks"]["policy"] == "learned"
+    groups = {g["name"]: g for g in ckpt["optimizer"]["param_groups"]}
+    assert set(groups) == {"backbone", "head"}
+    assert groups["backbone"]["weight_decay"] == pytest.approx(
+        0.25 * groups["head"]["weight_decay"]
+    )
+    with open(tmp_path / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iter"]) for r in rows] == [1, 2]
+    assert set(rows[0]) == set(trainer_mod.CSV_FIELDS)
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+    assert 0.0 <= res["val"]["miou"] <= 1.0
+    # the checkpoint rebuilds the SegBlocks model
+    model = load_segblocks(tmp_path / "last.pt")
+    out = model(torch.randn(1, 3, 128, 128))
+    assert out.logits.shape == (1, 9, 128, 128) and out.grid.shape == (1, 2, 2)
+
+
+def test_static_baseline_all_hr(tmp_path):
+    res = train(tiny_config(tmp_path, "policy=all_hr", "policy_kwargs={}", "eval_at_end=false"))
+    assert res["train"]["hr_fraction"] == 1.0 and res["train"]["policy_loss"] == 0.0
+    assert res["val"] is None
+
+
+def test_amp_one_step_on_cpu(tmp_path):
+    """amp=true on the CPU trains under bfloat16 autocast (no GradScaler state saved)."""
+    cfg = tiny_config(tmp_path, "amp=true", "iters_per_epoch=1", "device=cpu")
+    res = train(cfg)
+    assert res["global_step"] == 1
+    assert all(math.isfinite(v) for v in res["train"].values())
+    assert 0.0 <= res["val"]["miou"] <= 1.0
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["scaler"] == {}
+    weights = [v for v in ckpt["state_dict"].values() if v.is_floating_point()]
+    assert all(v.dtype == torch.float32 for v in weights)  # autocast leaves weights fp32
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    extra = ["epochs=2", "eval_at_end=false"]
+    full = train(tiny_config(tmp_path / "full", *extra))
+
+    real_save = trainer_mod.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        if kwargs["epoch"] == 1:
+            raise _Crash
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_crash)
+    with pytest.raises(_Crash):
+        train(tiny_config(tmp_path / "resumed", *extra))
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    torch.manual_seed(123)  # unrelated RNG use between the runs must not matter
+    resumed = train(tiny_config(tmp_path / "resumed", *extra, "resume=true"))
+    assert resumed["resumed_from_epoch"] == 1 and resumed["global_step"] == full["global_step"]
+
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for key in ("state_dict", "policy_state_dict"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    for pid, sa in a["optimizer"]["state"].items():
+        for k, v in sa.items():
+            assert torch.equal(v, b["optimizer"]["state"][pid][k]), (pid, k)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
+    assert a["history"] == b["history"]
+
+    def rows(p):
+        with open(p / "log.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    assert rows(tmp_path / "full") == rows(tmp_path / "resumed")
