@@ -16,7 +16,7 @@ SegBlocks-RN18 and SegBlocks-EffL1 (``segblocks.models.SegBlocksModel`` around
 - static reduced-resolution baselines: the dense SwiftNet on a 768x1536 and a 672x1344 input
   (HxW; output at that size, resizing the image / logits is not timed).
 
-Columns: GMACs (exact conv + linear MACs from ``segblocks.engine.macs``, policy network
+Columns: GMACs (exact conv + linear MACs from ``segblocks.measuring.macs``, policy network
 included), CPU latency (median over timed runs after warm-up; every run of a configuration is
 preceded by a run of the dense SwiftNet at 1024x2048, so machine noise hits both alike), the
 measured speedup (median dense time of the runs interleaved with that row / median row time),
@@ -24,16 +24,30 @@ the theoretical speedup (dense MACs / row MACs), their ratio, the peak memory of
 the time per module as in paper Table 6 (policy, sample, pad, combine, rest = total - those),
 from separate profiled runs with ``BlockStats`` active and forward hooks timing the policy call.
 
-Everything runs under ``torch.inference_mode()``, float32, channels-last, with eval batch norm
-folded into the preceding convs (``segblocks.blocks.fuse.fold_batchnorm``) for the dense and the
-block model alike (the SegBlocks models wrap the very same folded SwiftNet; pre-activation BNs of
-the SwiftNet decoder / SPP / head are left alone by the folding). EfficientNet-Lite1 uses its
+Everything runs under ``torch.inference_mode()``, channels-last, with eval batch norm folded
+into the preceding convs (``segblocks.blocks.fuse.fold_batchnorm``) for the dense and the block
+model alike (the SegBlocks models wrap the very same folded SwiftNet; pre-activation BNs of the
+SwiftNet decoder / SPP / head are left alone by the folding). EfficientNet-Lite1 uses its
 packaged (offline) ImageNet backbone weights, everything else is randomly initialised.
+
+``--dtype both`` (default) measures float32 and bfloat16 in the same run: every model is built
+fresh per dtype (same seed, so the same weights; BN folded in float32, then weights and inputs
+converted with ``.to(torch.bfloat16)``); speedups compare with the dense SwiftNet of the same
+dtype, and the timing rounds alternate between the dtypes. The float32 results keep their JSON
+keys (``models``, ``rn18_speedup_over_theory_40``, ...); the bfloat16 ones carry a ``_bf16``
+suffix (``models_bf16``, ``rn18_speedup_over_theory_40_bf16``, ...). A model / dtype whose run
+raises is recorded as ``{"error": traceback}`` and the run goes on.
+
+``rn18_latency_ratio_vs_static_equal_gmacs`` (and ``effl1_...``): SegBlocks 40 % HR latency
+(the FixedMask row, as ``rn18_speedup_over_theory_40``) / latency of the static
+reduced-resolution SwiftNet with the nearest GMACs at or above it (768x1536 at the default size:
+58.3 vs 56.9 GMACs for RN18), same dtype, same run; < 1 means SegBlocks is faster than a
+static network of (at least) equal cost.
 
 Usage::
 
-    python benchmarks/segblocks_model.py --json results/segblocks_model.json  # several minutes
-    python benchmarks/segblocks_model.py --quick
+    python benchmarks/segblocks_model.py --json results/segblocks_model.json  # ~15 min
+    python benchmarks/segblocks_model.py --quick --dtype float32
     python benchmarks/segblocks_model.py --quick --size 256x512      # smoke test (sizes reduced)
 """
 
@@ -44,7 +58,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -53,7 +66,7 @@ import torch
 
 from segblocks.blocks.fuse import fold_batchnorm
 from segblocks.blocks.stats import BlockStats
-from segblocks.engine.macs import count_macs_dense
+from segblocks.measuring.macs import count_macs_dense
 from segblocks.models import create_model
 from segblocks.models.segblocks_model import SegBlocksModel
 from segblocks.policies import FixedMask, LearnedPolicy, Policy, PolicyOutput
@@ -73,15 +86,34 @@ MODULES = ("policy", "sample", "pad", "combine")
 # ---------------------------------------------------------------------------- helpers
 from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
     _TUNED_MALLOC,
+    DTYPE_SUFFIX,
+    DTYPES,
+    Guard,
     _reexec_with_malloc,
+    add_dtype_argument,
     add_run_arguments,
-    allocator,
-    cpu_model,
     cpu_snapshot,
     foreign_load,
+    machine_info,
     median,
+    print_headline,
+    print_machine,
+    print_noise,
     random_mask,
+    rel_err,
     resolve_run_arguments,
+    selected_dtypes,
+)
+
+GMACS_KEYS = ("rn18_gmacs_dense", "rn50_gmacs_dense", "effl1_gmacs_dense")  # any dtype
+HEADLINE = (
+    "rn18_speedup_over_theory_40",
+    "rn18_block_ops_share_40",
+    "effl1_speedup_over_theory_40",
+    "rn18_all_hr_overhead",
+    "effl1_all_hr_overhead",
+    "rn18_latency_ratio_vs_static_equal_gmacs",
+    "effl1_latency_ratio_vs_static_equal_gmacs",
 )
 
 # The memory measurement runs in a child process whose glibc maps every block >= 64 KiB
@@ -92,10 +124,6 @@ _MEMORY_MALLOC = {
     "MALLOC_TRIM_THRESHOLD_": str(1 << 17),
 }
 _ALL_MALLOC_KEYS = set(_TUNED_MALLOC) | set(_MEMORY_MALLOC) | {"MALLOC_TOP_PAD_"}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -129,7 +157,7 @@ class LearnedCostFixedMask(Policy):
 
     An untrained policy network gives ``p ~ init_tau`` for every block, so its thresholded
     decision is all-LR or all-HR; this wrapper pays the network's cost (it is a ``Policy``
-    submodule of the model, so ``segblocks.engine.macs`` counts its convs as ``policy`` rows)
+    submodule of the model, so ``segblocks.measuring.macs`` counts its convs as ``policy`` rows)
     and returns the benchmark's fixed mask.
     """
 
@@ -181,9 +209,14 @@ def cuda_peak_increase(fn, device) -> int:
 
 
 # ---------------------------------------------------------------------------- setup
-def build(args, log) -> dict:
-    """Models, inputs and the run functions of every configuration (same in the memory child)."""
+def build(args, log, dtype: str) -> dict:
+    """Models, inputs and the run functions of every configuration (same in the memory child).
+
+    Fresh models for every call (the same seed, so the same weights for every ``dtype``): BN is
+    folded in float32, then weights and inputs are converted to ``dtype``, before any run.
+    """
     device = torch.device(args.device)
+    dt = DTYPES[dtype]
     H, W = args.size
     gh, gw = H // BLOCK, W // BLOCK
     G = gh * gw
@@ -194,8 +227,8 @@ def build(args, log) -> dict:
     red = reduced_sizes(args.size)
     x_red = {hw: torch.randn(1, 3, *hw, generator=gen) for hw in red}
     cl = torch.channels_last
-    x = x.to(device).contiguous(memory_format=cl)
-    x_red = {hw: v.to(device).contiguous(memory_format=cl) for hw, v in x_red.items()}
+    x = x.to(device, dt).contiguous(memory_format=cl)
+    x_red = {hw: v.to(device, dt).contiguous(memory_format=cl) for hw, v in x_red.items()}
     example = torch.randn(1, 3, 256, 512, generator=gen).to(device)
 
     models = {}
@@ -212,11 +245,11 @@ def build(args, log) -> dict:
             log(f"[{key}] pretrained backbone unavailable ({e}); random weights")
             kw.pop("pretrained_backbone", None)
             net = create_model(name, **kw)
-        net = fold_batchnorm(net.eval().to(device), example).to(memory_format=cl)
+        net = fold_batchnorm(net.eval().to(device), example).to(dt).to(memory_format=cl)
         pol = LearnedPolicy(block_size=BLOCK, init_tau=LEARNED_FRAC).eval().to(device)
         gsz = pol.input_size((gh, gw))
         pol.net = fold_batchnorm(pol.net, torch.randn(1, 3, *gsz, device=device))
-        pol = pol.to(memory_format=cl)
+        pol = pol.to(dt).to(memory_format=cl)
         seg = {f: SegBlocksModel(net, FixedMask(masks[f]), BLOCK).eval().to(device) for f in FRACS}
         learned = SegBlocksModel(net, LearnedCostFixedMask(pol, masks[LEARNED_FRAC]), BLOCK)
         learned = learned.eval().to(device)
@@ -261,15 +294,23 @@ def build(args, log) -> dict:
             "cfgs": cfgs,
         }
     fr = {f: int(m.sum()) for f, m in masks.items()}
-    return {"device": device, "x": x, "grid": (gh, gw), "n_hr": fr, "models": models, "red": red}
+    return {
+        "dtype": dtype,
+        "device": device,
+        "x": x,
+        "grid": (gh, gw),
+        "n_hr": fr,
+        "models": models,
+        "red": red,
+    }
 
 
 # ---------------------------------------------------------------------------- memory child
-def memory_child(args) -> int:
+def memory_child(args, dtype: str) -> int:
     """Peak memory of one forward per configuration; prints JSON (run in a fresh process)."""
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)
-    setup = build(args, log)
+    setup = build(args, log, dtype)
     device = setup["device"]
     res = {}
     with torch.inference_mode():
@@ -288,10 +329,10 @@ def memory_child(args) -> int:
     return 0
 
 
-def measure_memory(args, log) -> dict | None:
+def measure_memory(args, log, dtype: str) -> dict | None:
     if torch.device(args.device).type == "cuda":
         with torch.inference_mode():
-            return json.loads(_run_memory_inline(args))
+            return json.loads(_run_memory_inline(args, dtype))
     env = {k: v for k, v in os.environ.items() if k not in _ALL_MALLOC_KEYS}
     env.update(_MEMORY_MALLOC)
     cmd = [
@@ -306,8 +347,10 @@ def measure_memory(args, log) -> dict | None:
         str(args.threads),
         "--device",
         args.device,
+        "--dtype",
+        dtype,
     ]
-    log("[memory] child process: one warm-up + one measured forward per configuration")
+    log(f"[memory] child process ({dtype}): one warm-up + one measured forward per configuration")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode != 0:
         log(f"[memory] child failed ({p.returncode}):\n{p.stderr}")
@@ -315,13 +358,13 @@ def measure_memory(args, log) -> dict | None:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def _run_memory_inline(args) -> str:  # CUDA: the caching allocator's counters, same process
+def _run_memory_inline(args, dtype: str) -> str:  # CUDA: caching allocator counters, same process
     import contextlib
     import io
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        memory_child(args)
+        memory_child(args, dtype)
     return buf.getvalue().strip().splitlines()[-1]
 
 
@@ -368,12 +411,103 @@ def profiled_run(model: SegBlocksModel, x, device) -> dict:
     return res
 
 
-def bench(args, log) -> dict:
-    setup = build(args, log)
-    device, x = setup["device"], setup["x"]
-    H, W = args.size
+def check_and_macs(setup: dict, key: str, m: dict) -> dict:
+    """All-HR check against the dense SwiftNet and exact MACs of every configuration."""
+    x = setup["x"]
+    H, W = x.shape[-2:]
     gh, gw = setup["grid"]
-    log(f"1x3x{H}x{W}, block {BLOCK} (grid {gh}x{gw}), HR blocks {setup['n_hr']}")
+    net = m["net"]
+    dense_macs = count_macs_dense(net, x).total
+    r = {
+        "model": m["name"],
+        "dtype": setup["dtype"],
+        "backbone_weights": m["weights"],
+        "dense": {"macs": dense_macs, "gmacs": dense_macs / 1e9},
+        "configs": {},
+    }
+    d_out = net(x)
+    for _ in range(2):  # second call: the learned in-place fast path
+        y = m["seg"][1.0](x).logits
+    r["allhr_rel_err"] = rel_err(y, d_out)
+    r["allhr_max_abs_err"] = (y.float() - d_out.float()).abs().max().item()
+    del d_out, y
+    for c, cfg in m["cfgs"].items():
+        rep = count_macs_dense(cfg["model"], cfg["input"])
+        cr = {
+            "label": cfg["label"],
+            "kind": cfg["kind"],
+            "input": list(cfg["input"].shape),
+            "macs": rep.total,
+            "gmacs": rep.total / 1e9,
+            "policy_macs": rep.policy,
+            "network_macs": rep.network,
+            "theory": dense_macs / rep.total,
+        }
+        if cfg["kind"] == "seg":
+            cr["macs_hr"], cr["macs_lr"], cr["macs_dense_layers"] = rep.hr, rep.lr, rep.dense
+            f = cfg["frac"]
+            cr["hr_frac"] = f
+            cr["n_hr"] = setup["n_hr"][f]
+            cr["n_blocks"] = gh * gw
+        r["configs"][c] = cr
+    pm = m["policy_net"].macs((H, W))
+    assert r["configs"]["learned40"]["policy_macs"] == pm, (
+        r["configs"]["learned40"]["policy_macs"],
+        pm,
+    )
+    assert r["configs"]["seg100"]["macs"] == dense_macs, (
+        f"{key}: all-HR SegBlocks MACs {r['configs']['seg100']['macs']} != dense {dense_macs}"
+    )
+    r["policy_net"] = {
+        "macs": pm,
+        "gmacs": pm / 1e9,
+        "input": list(m["policy_net"].input_size((gh, gw))),
+    }
+    return r
+
+
+def static_equal_gmacs(r: dict, seg: str = "seg40") -> dict | None:
+    """``seg`` row vs the static reduced-resolution row with the nearest GMACs >= its GMACs."""
+    s = r["configs"][seg]
+    cands = [
+        (cr["gmacs"], c)
+        for c, cr in r["configs"].items()
+        if cr["kind"] == "reduced" and cr["gmacs"] >= s["gmacs"]
+    ]
+    if not cands:
+        return None
+    _, c = min(cands)
+    red = r["configs"][c]
+    return {
+        "segblocks": seg,
+        "static": c,
+        "segblocks_gmacs": s["gmacs"],
+        "static_gmacs": red["gmacs"],
+        "segblocks_median_s": s["median_s"],
+        "static_median_s": red["median_s"],
+        # the headline figure: median latency / median latency
+        "latency_ratio": s["median_s"] / red["median_s"],
+        "latency_ratio_min": s["min_s"] / red["min_s"],
+        # both rows normalised by the dense runs interleaved with them (drift-robust)
+        "latency_ratio_dense_normalised": red["speedup"] / s["speedup"],
+    }
+
+
+def bench(args, log, dtypes, guard) -> dict:
+    """``{dtype: {model key: result}}``; the timing rounds alternate between the dtypes."""
+    setups = {}
+    for dt in dtypes:
+        s = guard(f"build/{dt}", lambda dt=dt: build(args, log, dt))
+        if s is not None:
+            setups[dt] = s
+    H, W = args.size
+    gh, gw = H // BLOCK, W // BLOCK
+    device = torch.device(args.device)
+    if setups:
+        log(
+            f"1x3x{H}x{W}, block {BLOCK} (grid {gh}x{gw}), HR blocks "
+            f"{next(iter(setups.values()))['n_hr']}, dtypes {list(setups)}"
+        )
 
     def clock(fn):
         sync(device)
@@ -382,139 +516,115 @@ def bench(args, log) -> dict:
         sync(device)
         return time.perf_counter() - t0
 
-    out: dict = {}
+    runs = [(dt, key, m) for dt, s in setups.items() for key, m in s["models"].items()]
+    gkey = lambda dt, key: f"{key}/{dt}"
+    out: dict = {dt: {} for dt in setups}
+    times = {(dt, key): {c: [] for c in m["cfgs"]} for dt, key, m in runs}
+    dense_t = {(dt, key): {c: [] for c in m["cfgs"]} for dt, key, m in runs}
+    pol_t = {(dt, key): [] for dt, key, _ in runs}
+
+    def one_round(dt, key, m, warm):
+        # every configuration preceded by a dense run of the same model and dtype
+        for c, cfg in m["cfgs"].items():
+            td = clock(m["dense"])
+            tc = clock(cfg["run"])
+            if not warm:
+                dense_t[dt, key][c].append(td)
+                times[dt, key][c].append(tc)
+        tp = clock(m["policy_call"])
+        if not warm:
+            pol_t[dt, key].append(tp)
+        return td, c, tc, tp
+
+    def profile(dt, key, m):
+        for c, cr in out[dt][key]["configs"].items():
+            if cr["kind"] != "seg":
+                continue
+            model = m["cfgs"][c]["model"]
+            pruns = [profiled_run(model, setups[dt]["x"], device) for _ in range(args.profile_runs)]
+            prof = {k: median([p[k] for p in pruns]) for k in pruns[0]}
+            prof["shares"] = {k: prof[k] / prof["total"] for k in (*MODULES, "rest")}
+            ops = sum(prof[k] for k in MODULES)
+            prof["block_ops_s"] = ops
+            prof["block_ops_share"] = ops / prof["total"]
+            prof["runs"] = pruns
+            cr["profile"] = prof
+        return True
+
     with torch.inference_mode():
         # ---------------------------------------------------------------- MACs + checks
-        for key, m in setup["models"].items():
-            net = m["net"]
-            dense_macs = count_macs_dense(net, x).total
-            r = {
-                "model": m["name"],
-                "backbone_weights": m["weights"],
-                "dense": {"macs": dense_macs, "gmacs": dense_macs / 1e9},
-                "configs": {},
-            }
-            d_out = net(x)
-            for _ in range(2):  # second call: the learned in-place fast path
-                y = m["seg"][1.0](x).logits
-            r["allhr_rel_err"] = rel_err(y, d_out)
-            r["allhr_max_abs_err"] = (y - d_out).abs().max().item()
-            del d_out, y
-            for c, cfg in m["cfgs"].items():
-                rep = count_macs_dense(cfg["model"], cfg["input"])
-                cr = {
-                    "label": cfg["label"],
-                    "kind": cfg["kind"],
-                    "input": list(cfg["input"].shape),
-                    "macs": rep.total,
-                    "gmacs": rep.total / 1e9,
-                    "policy_macs": rep.policy,
-                    "network_macs": rep.network,
-                    "theory": dense_macs / rep.total,
-                }
-                if cfg["kind"] == "seg":
-                    cr["macs_hr"], cr["macs_lr"], cr["macs_dense_layers"] = (
-                        rep.hr,
-                        rep.lr,
-                        rep.dense,
-                    )
-                    f = cfg["frac"]
-                    cr["hr_frac"] = f
-                    cr["n_hr"] = setup["n_hr"][f]
-                    cr["n_blocks"] = gh * gw
-                r["configs"][c] = cr
-            pm = m["policy_net"].macs((H, W))
-            assert r["configs"]["learned40"]["policy_macs"] == pm, (
-                r["configs"]["learned40"]["policy_macs"],
-                pm,
-            )
-            assert r["configs"]["seg100"]["macs"] == dense_macs, (
-                f"{key}: all-HR SegBlocks MACs {r['configs']['seg100']['macs']} != dense "
-                f"{dense_macs}"
-            )
-            r["policy_net"] = {
-                "macs": pm,
-                "gmacs": pm / 1e9,
-                "input": list(m["policy_net"].input_size((gh, gw))),
-            }
-            log(
-                f"[{key}] dense {dense_macs / 1e9:.2f} GMACs; all-HR rel. err "
-                f"{r['allhr_rel_err']:.2e}"
-            )
-            out[key] = r
+        for dt, key, m in runs:
+            r = guard(gkey(dt, key), lambda dt=dt, key=key, m=m: check_and_macs(setups[dt], key, m))
+            if r is not None:
+                out[dt][key] = r
+                log(
+                    f"[{key} {dt}] dense {r['dense']['gmacs']:.2f} GMACs; all-HR rel. err "
+                    f"{r['allhr_rel_err']:.2e}"
+                )
 
         # ---------------------------------------------------------------- timing
-        times = {k: {c: [] for c in m["cfgs"]} for k, m in setup["models"].items()}
-        dense_t = {k: {c: [] for c in m["cfgs"]} for k, m in setup["models"].items()}
-        pol_t = {k: [] for k in setup["models"]}
         n_rounds = args.warmup + args.runs
         for r in range(n_rounds):
             warm = r < args.warmup
-            # rounds over all configurations, so that slow phases of the machine spread over
-            # every row instead of hitting a few rows
-            for key, m in setup["models"].items():
-                for c, cfg in m["cfgs"].items():
-                    td = clock(m["dense"])
-                    tc = clock(cfg["run"])
-                    if not warm:
-                        dense_t[key][c].append(td)
-                        times[key][c].append(tc)
-                tp = clock(m["policy_call"])
-                if not warm:
-                    pol_t[key].append(tp)
-                log(
-                    f"  round {r + 1}/{n_rounds}{' (warm-up)' if warm else ''} [{key}]: "
-                    f"dense {td:.3f}s, last {c} {tc:.3f}s, policy net {tp * 1e3:.1f}ms"
-                )
+            # rounds over all dtypes, models and configurations, so that slow phases of the
+            # machine spread over every row instead of hitting a few rows
+            for dt, key, m in runs:
+                got = guard(gkey(dt, key), lambda dt=dt, key=key, m=m: one_round(dt, key, m, warm))
+                if got is not None:
+                    td, c, tc, tp = got
+                    log(
+                        f"  round {r + 1}/{n_rounds}{' (warm-up)' if warm else ''} [{key} {dt}]: "
+                        f"dense {td:.3f}s, last {c} {tc:.3f}s, policy net {tp * 1e3:.1f}ms"
+                    )
 
         # ---------------------------------------------------------------- profiled runs
-        for key, m in setup["models"].items():
-            for c, cr in out[key]["configs"].items():
-                if cr["kind"] != "seg":
-                    continue
-                model = m["cfgs"][c]["model"]
-                runs = [profiled_run(model, x, device) for _ in range(args.profile_runs)]
-                prof = {k: median([p[k] for p in runs]) for k in runs[0]}
-                prof["shares"] = {k: prof[k] / prof["total"] for k in (*MODULES, "rest")}
-                ops = sum(prof[k] for k in MODULES)
-                prof["block_ops_s"] = ops
-                prof["block_ops_share"] = ops / prof["total"]
-                prof["runs"] = runs
-                cr["profile"] = prof
-            log(f"[{key}] profiled runs done")
+        for dt, key, m in runs:
+            if guard(gkey(dt, key), lambda dt=dt, key=key, m=m: profile(dt, key, m)) is None:
+                continue
+            log(f"[{key} {dt}] profiled runs done")
 
-    for key in setup["models"]:
-        r = out[key]
-        all_d = [t for c in times[key] for t in dense_t[key][c]]
+    for dt, key, m in runs:
+        if not guard.ok(gkey(dt, key)):
+            out[dt][key] = {"model": m["name"], "dtype": dt, "error": guard.errors[gkey(dt, key)]}
+            continue
+        r = out[dt][key]
+        all_d = [t for c in times[dt, key] for t in dense_t[dt, key][c]]
         r["dense"].update({"median_s": median(all_d), "min_s": min(all_d), "times_s": all_d})
-        pt = pol_t[key]
+        pt = pol_t[dt, key]
         r["policy_net"].update({"median_s": median(pt), "min_s": min(pt), "times_s": pt})
         for c, cr in r["configs"].items():
-            med, dmed = median(times[key][c]), median(dense_t[key][c])
+            tt, dd = times[dt, key][c], dense_t[dt, key][c]
+            med, dmed = median(tt), median(dd)
             cr.update(
                 {
                     "median_s": med,
-                    "min_s": min(times[key][c]),
-                    "times_s": times[key][c],
+                    "min_s": min(tt),
+                    "times_s": tt,
                     "dense_median_s": dmed,
-                    "dense_times_s": dense_t[key][c],
+                    "dense_times_s": dd,
                     "speedup": dmed / med,
-                    "speedup_paired_median": median(
-                        [d / t for d, t in zip(dense_t[key][c], times[key][c], strict=True)]
-                    ),
-                    "speedup_min": min(dense_t[key][c]) / min(times[key][c]),
+                    "speedup_paired_median": median([d / t for d, t in zip(dd, tt, strict=True)]),
+                    "speedup_min": min(dd) / min(tt),
                     "ratio": dmed / med / cr["theory"],
                 }
             )
+        r["static_equal_gmacs"] = static_equal_gmacs(r)
+    for dt in dtypes:
+        if dt not in setups:
+            out[dt] = {"error": guard.errors[f"build/{dt}"]}
     return out
 
 
 # ---------------------------------------------------------------------------- printing
 def print_model(key: str, r: dict, mem: dict | None, out) -> None:
     p = lambda s="": print(s, file=out)
+    if "error" in r:
+        p(f"== {r['model']}, {r['dtype']}: FAILED ==")
+        p(r["error"].rstrip())
+        return
     d = r["dense"]
     pn = r["policy_net"]
-    p(f"== {r['model']} ({r['backbone_weights']} weights), {NUM_CLASSES} classes ==")
+    p(f"== {r['model']} ({r['backbone_weights']} weights), {NUM_CLASSES} classes, {r['dtype']} ==")
     p(
         f"all-HR SegBlocks vs dense SwiftNet logits: rel. err {r['allhr_rel_err']:.2e} "
         f"(max abs {r['allhr_max_abs_err']:.2e})"
@@ -571,34 +681,57 @@ def print_model(key: str, r: dict, mem: dict | None, out) -> None:
             if cr.get("profile")
         )
     )
+    se = r.get("static_equal_gmacs")
+    if se:
+        p(
+            f"SegBlocks 40% HR ({se['segblocks_gmacs']:.1f} GMACs) vs static {se['static']} "
+            f"({se['static_gmacs']:.1f} GMACs): latency ratio {se['latency_ratio']:.3f} "
+            f"(min-based {se['latency_ratio_min']:.3f}, dense-normalised "
+            f"{se['latency_ratio_dense_normalised']:.3f}; < 1: SegBlocks faster)"
+        )
+    else:
+        p("no static reduced-resolution row has GMACs >= SegBlocks 40% HR")
+
+
+def headline(res: dict, models: dict, sfx: str) -> None:
+    """The headline keys of one dtype (``sfx``: "" for float32, "_bf16")."""
+    for key in ("rn18", "effl1"):
+        r = models.get(key)
+        if not r or "error" in r:
+            continue
+        cfg = r["configs"]
+        res[f"{key}_speedup_over_theory_40{sfx}"] = cfg["seg40"]["ratio"]
+        res[f"{key}_all_hr_overhead{sfx}"] = (
+            cfg["seg100"]["median_s"] / cfg["seg100"]["dense_median_s"] - 1
+        )
+        se = r.get("static_equal_gmacs")
+        if se:
+            res[f"{key}_latency_ratio_vs_static_equal_gmacs{sfx}"] = se["latency_ratio"]
+        if key == "rn18":
+            res[f"rn18_block_ops_share_40{sfx}"] = cfg["seg40"]["profile"]["block_ops_share"]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.memory_child:
-        return memory_child(args)
+        if args.dtype not in DTYPES:
+            raise SystemExit("--memory-child needs one --dtype")
+        return memory_child(args, args.dtype)
     if argv is None and torch.device(args.device).type == "cpu":
         _reexec_with_malloc(args.malloc)
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)
     out = sys.stdout
-    machine = {
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "allocator": allocator(),
-        "device": args.device,
-    }
+    dtypes = selected_dtypes(args)
+    guard = Guard(log)
+    machine = machine_info(device=args.device)
     H, W = args.size
     is_cuda = torch.device(args.device).type == "cuda"
     mem_method = (
         "torch.cuda.max_memory_allocated() - memory_allocated() before the run, after "
         "reset_peak_memory_stats(); one warm-up first"
         if is_cuda
-        else "CPU: in a fresh child process (glibc with MALLOC_MMAP_THRESHOLD_=64KiB, "
+        else "CPU: in a fresh child process per dtype (glibc with MALLOC_MMAP_THRESHOLD_=64KiB, "
         "MALLOC_TRIM_THRESHOLD_=128KiB so freed tensors leave the resident set), per "
         "configuration one warm-up forward, then VmHWM reset via /proc/self/clear_refs "
         "('5') and one forward; peak = VmHWM after - VmRSS before (input, weights and "
@@ -612,7 +745,10 @@ def main(argv=None) -> int:
         "profile_runs": args.profile_runs,
         "threads": args.threads,
         "seed": args.seed,
-        "dtype": "float32",
+        "dtype": args.dtype,
+        "dtypes": dtypes,
+        "bfloat16": "fresh models per dtype (same seed); BN folded in float32, then weights and "
+        "inputs converted with .to(torch.bfloat16)",
         "channels_last": True,
         "bn_folded": True,
         "inference_mode": True,
@@ -637,51 +773,50 @@ def main(argv=None) -> int:
     res["dense_gmacs"] = {n: {"ours": v, "paper": PAPER_GMACS[n]} for n, v in gm.items()}
 
     snap0 = cpu_snapshot()
-    models = bench(args, log)
+    by_dtype = bench(args, log, dtypes, guard)
     load = foreign_load(snap0, cpu_snapshot())
     machine["load_during_run"] = load
-    mem = None if args.no_memory else measure_memory(args, log)
-    for key, r in models.items():
-        r["dense_input"] = [1, 3, H, W]
-        r["peak_memory_bytes"] = mem.get(key) if mem else None
-    res["models"] = models
-    for key, name, _ in MODELS:  # folded (benchmarked) and unfolded nets: same conv MACs
-        assert abs(models[key]["dense"]["gmacs"] - gm[name]) < 1e-9, (key, gm[name])
+    for dt, models in by_dtype.items():
+        mem = None
+        if not args.no_memory and "error" not in models:
+            mem = measure_memory(args, log, dt)
+        for key, r in models.items():
+            if not isinstance(r, dict) or "error" in r:
+                continue
+            r["dense_input"] = [1, 3, H, W]
+            r["peak_memory_bytes"] = mem.get(key) if mem else None
+        for key, name, _ in MODELS:  # folded (benchmarked) and unfolded nets: same conv MACs
+            r = models.get(key)
+            if isinstance(r, dict) and "dense" in r:
+                assert abs(r["dense"]["gmacs"] - gm[name]) < 1e-9, (key, dt, gm[name])
 
     res["rn18_gmacs_dense"] = gm["swiftnet_rn18"]
     res["rn50_gmacs_dense"] = gm["swiftnet_rn50"]
     res["effl1_gmacs_dense"] = gm["swiftnet_effl1"]
-    res["rn18_speedup_over_theory_40"] = models["rn18"]["configs"]["seg40"]["ratio"]
-    res["rn18_block_ops_share_40"] = models["rn18"]["configs"]["seg40"]["profile"][
-        "block_ops_share"
-    ]
+    for dt, models in by_dtype.items():
+        sfx = DTYPE_SUFFIX[dt]
+        res["models" + sfx] = models
+        if "error" not in models:
+            headline(res, models, sfx)
     res["rn18_block_ops_share_40_note"] = (
         "(policy + sample + pad + combine) / total of the profiled 40% FixedMask run (policy "
         "time ~0 there); the learned-policy row adds the policy network"
     )
-    res["effl1_speedup_over_theory_40"] = models["effl1"]["configs"]["seg40"]["ratio"]
-    res["rn18_all_hr_overhead"] = (
-        models["rn18"]["configs"]["seg100"]["median_s"]
-        / models["rn18"]["configs"]["seg100"]["dense_median_s"]
-        - 1
+    res["latency_ratio_vs_static_equal_gmacs_note"] = (
+        "median latency of the SegBlocks 40% FixedMask row / median latency of the static "
+        "reduced-resolution SwiftNet with the nearest GMACs at or above it (same dtype, same "
+        "run); details per model in models[_bf16].<model>.static_equal_gmacs"
     )
-    res["effl1_all_hr_overhead"] = (
-        models["effl1"]["configs"]["seg100"]["median_s"]
-        / models["effl1"]["configs"]["seg100"]["dense_median_s"]
-        - 1
-    )
+    res["errors"] = guard.errors
 
     p = lambda s="": print(s, file=out)
     p("SegBlocks model benchmark (SegBlocks-RN18 / -EffL1 vs SwiftNet, paper Tables 5/6)")
+    print_machine(p, machine, f"; device {args.device}")
     p(
-        f"machine   : {machine['platform']}; CPU {machine['cpu']} "
-        f"({machine['logical_cpus']} logical); threads {machine['threads']}; device {args.device}"
+        f"settings  : {' and '.join(dtypes)} (bfloat16 = weights and inputs "
+        ".to(torch.bfloat16), fresh models per dtype), channels_last, inference_mode, eval BN "
+        "folded into convs (backbones)"
     )
-    p(
-        f"software  : python {machine['python']}, torch {machine['torch']}, "
-        f"allocator {machine['allocator']}"
-    )
-    p("settings  : float32, channels_last, inference_mode, eval BN folded into convs (backbones)")
     p(
         f"input     : 1x3x{H}x{W}, block {BLOCK} (grid {H // BLOCK}x{W // BLOCK}), "
         f"{NUM_CLASSES} classes; fixed random masks with round(f*{(H // BLOCK) * (W // BLOCK)}) "
@@ -689,24 +824,26 @@ def main(argv=None) -> int:
     )
     p(
         f"repetition: median of {args.runs} timed runs after {args.warmup} warm-up; every run "
-        f"preceded by a dense SwiftNet {H}x{W} run; {args.profile_runs} profiled run(s) per "
-        f"SegBlocks row; seed {args.seed}"
+        f"preceded by a dense SwiftNet {H}x{W} run of the same dtype; {args.profile_runs} "
+        f"profiled run(s) per SegBlocks row; seed {args.seed}"
+        + ("; rounds alternate between the dtypes" if len(dtypes) > 1 else "")
     )
     p(f"memory    : {mem_method}")
     p(f"date      : {config['date']}")
-    if load is not None:
-        p(
-            f"noise     : during the timing other processes used "
-            f"{load['other_processes_cores']:.2f} cores on average, hypervisor steal "
-            f"{load['steal_cores']:.2f} cores (wall {load['wall_s']:.0f} s)"
-        )
+    print_noise(p, load, "the timing")
     p()
-    p(f"dense GMACs at {H}x{W} (conv + linear, segblocks.engine.macs) vs paper (1024x2048):")
+    p(f"dense GMACs at {H}x{W} (conv + linear, segblocks.measuring.macs) vs paper (1024x2048):")
     for n, v in res["dense_gmacs"].items():
         p(f"  {n:16s} {v['ours']:7.1f}   paper {v['paper']:6.1f}")
-    for key, r in models.items():
-        p()
-        print_model(key, r, r["peak_memory_bytes"], out)
+    for dt, models in by_dtype.items():
+        if "error" in models:
+            p()
+            p(f"== {dt}: FAILED before any model ran ==")
+            p(models["error"].rstrip())
+            continue
+        for key, r in models.items():
+            p()
+            print_model(key, r, r.get("peak_memory_bytes"), out)
     p()
     p(f"ms = median latency; dense ms = median of the dense {H}x{W} runs interleaved with that")
     p("row; speedup = dense ms / ms; theory = dense GMACs / row GMACs (policy net included);")
@@ -716,24 +853,20 @@ def main(argv=None) -> int:
     p("fallback re-split, shown below each table. ops % = (policy+sample+pad+combine) / total.")
     p()
     p("headline:")
-    for k in (
-        "rn18_gmacs_dense",
-        "rn50_gmacs_dense",
-        "effl1_gmacs_dense",
-        "rn18_speedup_over_theory_40",
-        "rn18_block_ops_share_40",
-        "effl1_speedup_over_theory_40",
-        "rn18_all_hr_overhead",
-        "effl1_all_hr_overhead",
-    ):
-        p(f"  {k:32s} {res[k]:.3f}")
+    for k in GMACS_KEYS:
+        p(f"  {k:42s} {res[k]:9.3f}")
+    p("  measured in the same run (columns: dtype):")
+    print_headline(p, res, HEADLINE, dtypes, width=42)
     p(f"  ({res['rn18_block_ops_share_40_note']})")
+    p(f"  (latency_ratio_vs_static_equal_gmacs: {res['latency_ratio_vs_static_equal_gmacs_note']})")
+    if guard.errors:
+        p(f"FAILED: {', '.join(guard.errors)} (tracebacks above and in the JSON 'errors')")
 
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
         log(f"wrote {args.json}")
-    return 0
+    return 1 if guard.errors else 0
 
 
 def parse_args(argv=None):
@@ -754,6 +887,7 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child run")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    add_dtype_argument(ap, "weights and input dtype")
     return resolve_run_arguments(ap, ap.parse_args(argv))
 
 

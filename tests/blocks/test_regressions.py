@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import segblocks.blocks.layers.conv as conv_layers
 from segblocks.blocks import (
     MarginProfile,
     UnsupportedBlockOp,
@@ -73,18 +74,35 @@ def test_zero_mode_bilinear_on_constant_map_stays_constant():
     torch.testing.assert_close(block_combine(_xb(x, mask, 8, pad_mode="zero"), "bilinear"), x)
 
 
-def test_gemm_weight_cache_follows_module_to_dtype():
+def test_gemm_weight_cache_follows_module_to_dtype(monkeypatch):
     # A 256-channel conv on 4-px tiles takes the im2col + GEMM path, whose weight layout is
     # cached; converting the module afterwards must not reuse the float32 layout.
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(256, 8, 3, padding=1)
     x = torch.randn(1, 256, 16, 16)
-    mask = checkerboard(1, 2, 2)
+    mask = checkerboard(1, 4, 4)
     prof = MarginProfile()
+    calls = []
+    orig = conv_layers.gemm_weight
+    monkeypatch.setattr(conv_layers, "gemm_weight", lambda w: calls.append(1) or orig(w))
     with torch.inference_mode():
         for _ in range(2):
-            y32 = block_combine(conv(block_sample(x, mask, 8, profile=prof)))
+            y32 = block_combine(conv(block_sample(x, mask, 4, profile=prof)))
         conv.to(torch.bfloat16)
-        y16 = block_combine(conv(block_sample(x.bfloat16(), mask, 8, profile=prof)))
+        y16 = block_combine(conv(block_sample(x.bfloat16(), mask, 4, profile=prof)))
+    assert calls, "the im2col path was not taken"
     assert y16.dtype == torch.bfloat16
     torch.testing.assert_close(y16.float(), y32, rtol=0.05, atol=0.05)
+
+
+def test_gemm_weight_of_a_model_built_under_inference_mode(monkeypatch):
+    calls = []
+    orig = conv_layers.gemm_weight
+    monkeypatch.setattr(conv_layers, "gemm_weight", lambda w: calls.append(1) or orig(w))
+    with torch.inference_mode():
+        conv = torch.nn.Conv2d(256, 4, 3, padding=1)
+        x = torch.randn(1, 256, 16, 16)
+        prof = MarginProfile()
+        for _ in range(2):
+            y = block_combine(conv(block_sample(x, checkerboard(1, 4, 4), 4, profile=prof)))
+    assert y.shape == (1, 4, 16, 16) and calls

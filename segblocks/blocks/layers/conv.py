@@ -44,7 +44,9 @@ def gemm_weight(weight: Tensor) -> Tensor:
     version, so identity and version alone would hand back a stale layout.
     """
     key = id(weight)
-    what = (weight.data_ptr(), weight.dtype, weight.device, tuple(weight.shape), weight._version)
+    # Inference tensors (made under torch.inference_mode) track no version counter.
+    version = None if weight.is_inference() else weight._version
+    what = (weight.data_ptr(), weight.dtype, weight.device, tuple(weight.shape), version)
     hit = _GEMM_WEIGHTS.get(key)
     if hit is not None and hit[0]() is weight and hit[1] == what:
         return hit[2]
