@@ -37,3 +37,29 @@ def test_im2col_path_matches_conv_path(monkeypatch, k, stride, pad, bias, mode):
             got = block_combine(run(block_sample(x, mask, 8, pad_mode=mode, profile=prof)))
             torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
     assert calls, "the im2col path was not taken"
+
+
+@pytest.mark.parametrize("mask_kind", ["mixed", "all_lr"])
+def test_im2col_path_gradients_match_conv_path(monkeypatch, mask_kind):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 6, 16, 24, generator=g, dtype=torch.float64)
+    w = torch.randn(5, 6, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(5, generator=g, dtype=torch.float64)
+    mask = torch.rand(2, 4, 6, generator=g) < 0.5 if mask_kind == "mixed" else None
+    mask = torch.zeros(2, 4, 6, dtype=torch.bool) if mask is None else mask
+
+    def grads():
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        y = block_combine(F.conv2d(block_sample(xs, mask, 4), ws, bs, 1, 1))
+        (y * torch.arange(y.numel(), dtype=y.dtype).view_as(y).cos()).sum().backward()
+        return y.detach(), xs.grad, ws.grad, bs.grad
+
+    ref = grads()
+    monkeypatch.setattr(conv, "IM2COL_TINY_MIN_CHANNELS", 1)
+    calls = []
+    orig = conv._conv_im2col
+    monkeypatch.setattr(conv, "_conv_im2col", lambda *a: calls.append(1) or orig(*a))
+    got = grads()
+    assert calls, "the im2col path was not taken"
+    for r, o in zip(ref, got, strict=True):
+        torch.testing.assert_close(o, r, rtol=1e-10, atol=1e-10)

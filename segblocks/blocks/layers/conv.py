@@ -18,11 +18,18 @@ from ..cache import register_cache
 from ..dispatch import UnsupportedBlockOp, register_block_op
 from ..pad import padded_parts
 from ..stats import count_conv
-from ..tensor import BlockTensor, inference_fast_path
+from ..tensor import BlockTensor
 from .common import pair
 from .geometry import crop, op_geometry, padded_or_plain
 
-__all__ = ["conv2d", "IM2COL_MAX_SIDE", "IM2COL_MIN_CHANNELS", "gemm_weight"]
+__all__ = [
+    "conv2d",
+    "IM2COL_MAX_SIDE",
+    "IM2COL_MIN_CHANNELS",
+    "IM2COL_TINY_SIDE",
+    "IM2COL_TINY_MIN_CHANNELS",
+    "gemm_weight",
+]
 
 #: Block parts whose conv output tile is at most this many pixels wide, with at least
 #: IM2COL_MIN_CHANNELS input channels, run as one gather-im2col + GEMM instead of a batched
@@ -32,6 +39,12 @@ __all__ = ["conv2d", "IM2COL_MAX_SIDE", "IM2COL_MIN_CHANNELS", "gemm_weight"]
 #: 70 ms vs im2col 128 ms for 512 tiles of 4x4, 128 channels), so those stay with oneDNN.
 IM2COL_MAX_SIDE = 4
 IM2COL_MIN_CHANNELS = 256
+#: Output tiles of at most 2 px (the deepest stages: 2x2 HR and 1x1 LR tiles at block 32 and
+#: output stride 16) run as GEMMs from 64 input channels on. There a batched conv over ~1000
+#: tiny images cost 1.2-2.7x the dense map forward and 3-11x in forward + backward (bfloat16,
+#: 2 threads), where im2col + GEMM stayed within 1.0-1.6x.
+IM2COL_TINY_SIDE = 2
+IM2COL_TINY_MIN_CHANNELS = 64
 
 _GEMM_WEIGHTS = register_cache("conv.gemm_weights", 512)
 
@@ -56,16 +69,15 @@ def gemm_weight(weight: Tensor) -> Tensor:
     return w2
 
 
-def _im2col_index(x: BlockTensor, st_pads, level: int, k, stride, dilation, out_side):
-    """Rows of the padded store feeding each (output pixel, tap): ``[P * kh * kw]``."""
+def _im2col_index(x: BlockTensor, pads, level: int, k, stride, dilation, out_side):
+    """Rows of a level's padded blocks (flattened ``[B*hp*wp, C]``) feeding each (output
+    pixel, tap), in (block, oy, ox, ky, kx) order: ``[B * out^2 * kh * kw]``."""
     g = x.grid
 
     def build():
-        pt, pb, pl, pr = st_pads
+        pt, pb, pl, pr = pads
         side = x.side >> level
         hp, wp = side + pt + pb, side + pl + pr
-        nb = g.count(level)
-        base = 0 if level == 0 else g.num_hr * (x.side + pt + pb) * (x.side + pl + pr)
         dev = g.device
         o = torch.arange(out_side, device=dev) * stride
         ky = torch.arange(k[0], device=dev) * dilation[0]
@@ -73,29 +85,43 @@ def _im2col_index(x: BlockTensor, st_pads, level: int, k, stride, dilation, out_
         rows = (o.view(-1, 1, 1, 1) + ky.view(1, 1, -1, 1)) * wp  # [oy, 1, ky, 1]
         cols = o.view(1, -1, 1, 1) + kx.view(1, 1, 1, -1)  # [1, ox, 1, kx]
         loc = (rows + cols).reshape(-1)  # (oy, ox, ky, kx)
-        blk = torch.arange(nb, device=dev).view(-1, 1) * (hp * wp)
-        return (base + blk + loc.view(1, -1)).reshape(-1)
+        blk = torch.arange(g.count(level), device=dev).view(-1, 1) * (hp * wp)
+        return (blk + loc.view(1, -1)).reshape(-1)
 
-    return g.cached(("im2col", x.side, st_pads, level, k, stride, dilation), build)
+    return g.cached(("im2col", x.side, pads, level, k, stride, dilation), build)
 
 
-def _conv_im2col(x: BlockTensor, weight, bias, pads, st, dilation, levels, side):
-    """Conv of the levels in ``levels`` through im2col + one GEMM: ``{level: output}``."""
-    padded_parts(x, pads)
-    store = x.store
-    w2 = gemm_weight(weight)
+def _conv_im2col(x: BlockTensor, weight, bias, pads, value, st, dilation, levels, side):
+    """Conv of the levels in ``levels`` as gather-im2col + GEMM: ``{level: output}``.
+
+    Differentiable: the gather's backward is a scatter-add into the padded blocks (then
+    BlockPad's adjoint), the GEMM's the usual two GEMMs.
+    """
+    padded = padded_parts(x, pads, value=value)
+    c_out = weight.shape[0]
+    if torch.is_grad_enabled():
+        w2 = weight.permute(2, 3, 1, 0).reshape(-1, c_out)
+    else:
+        w2 = gemm_weight(weight)
     kk = tuple(weight.shape[-2:])
     dil = pair(dilation)
-    idx = [_im2col_index(x, store.pads, lv, kk, st, dil, side >> lv) for lv in levels]
-    index = idx[0] if len(idx) == 1 else torch.cat(idx)
-    cols = store.flat.index_select(0, index).view(-1, w2.shape[0])
-    y = torch.addmm(bias, cols, w2) if bias is not None else torch.mm(cols, w2)
-    res, start = {}, 0
+    res = {}
     for lv in levels:
-        n, out = x.grid.count(lv), side >> lv
-        res[lv] = y[start : start + n * out * out].view(n, out, out, -1).permute(0, 3, 1, 2)
-        start += n * out * out
+        p = padded[lv]
+        n, out = p.shape[0], side >> lv
+        flat = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])  # a view: parts are channels-last
+        idx = _im2col_index(x, pads, lv, kk, st, dil, out)
+        cols = flat.index_select(0, idx).view(-1, w2.shape[0])
+        y = torch.addmm(bias, cols, w2) if bias is not None else torch.mm(cols, w2)
+        res[lv] = y.view(n, out, out, c_out).permute(0, 3, 1, 2)
     return res
+
+
+def _use_im2col(out_side: int, c_in: int) -> bool:
+    """Whether a conv with output tiles of ``out_side`` px and ``c_in`` inputs runs as a GEMM."""
+    if out_side <= IM2COL_TINY_SIDE:
+        return c_in >= IM2COL_TINY_MIN_CHANNELS
+    return out_side <= IM2COL_MAX_SIDE and c_in >= IM2COL_MIN_CHANNELS
 
 
 @register_block_op(F.conv2d)
@@ -112,21 +138,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         count_conv(weight, groups, out)
         return x.derive(out, side, owned=True)
     gemm_levels = []
-    if (
-        inference_fast_path()
-        and groups == 1
-        and weight.shape[1] >= IM2COL_MIN_CHANNELS
-        and (value is None or value == 0)
-        and any(pads)
-    ):
+    if groups == 1 and (value is None or value == 0) and any(pads):
         gemm_levels = [
             lv
             for lv in range(len(x.parts))
-            if 0 < (side >> lv) <= IM2COL_MAX_SIDE and x.grid.count(lv) > 0
+            if x.grid.count(lv) > 0 and _use_im2col(side >> lv, weight.shape[1])
         ]
     out = {}
     if gemm_levels:
-        out = _conv_im2col(x, weight, bias, pads, st, dilation, gemm_levels, side)
+        out = _conv_im2col(x, weight, bias, pads, 0.0, st, dilation, gemm_levels, side)
     if len(out) < len(x.parts):
         inputs = padded_or_plain(x, pads, 0.0 if value is None else value)
         for lv, p in enumerate(inputs):
