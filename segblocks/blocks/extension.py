@@ -6,6 +6,12 @@ directory under torch's extensions dir keyed by a hash of the sources, torch and
 and flags, so a machine compiles them once (about a minute) and later processes only load the
 shared library. When anything fails (no compiler, no ninja, a compile error), one warning names
 the reason and :mod:`segblocks.blocks.kernels` runs its pure-PyTorch implementations instead.
+
+The kernels parallelise with ``at::parallel_for``, which for an OpenMP build of torch is an
+inline ``#pragma omp parallel`` in the headers: without ``-fopenmp`` it silently runs on one
+thread. So the kernels are compiled with ``-fopenmp`` when torch uses OpenMP (the library then
+shares torch's already loaded ``libgomp``); if that build fails they are rebuilt without it
+(single-threaded; :func:`parallel` tells which).
 """
 
 from __future__ import annotations
@@ -22,16 +28,19 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpp_available", "failure_reason", "load", "NAME", "SOURCES"]
+__all__ = ["cpp_available", "failure_reason", "load", "parallel", "NAME", "SOURCES"]
 
 NAME = "segblocks_C"
 SOURCES = (Path(__file__).resolve().parent.parent / "csrc" / "block_ops.cpp",)
 _CFLAGS = ("-O3",)
+_OPENMP_FLAGS = ("-fopenmp",)  # compile and link flags (GCC / Clang with libomp)
 _MARKER = "segblocks_built.txt"  # path of the built library, written after build + load
+_FAILED = "segblocks_failed.txt"  # written when a build with optional flags failed
 
 _lock = threading.Lock()
 _loaded: bool | None = None  # None: not tried yet
 _reason: str | None = None
+_parallel = False  # built with OpenMP (at::parallel_for really runs on several threads)
 
 
 def cpp_available() -> bool:
@@ -42,6 +51,11 @@ def cpp_available() -> bool:
 def failure_reason() -> str | None:
     """Why the C++ kernels are unavailable (``None`` when they loaded or were not tried)."""
     return _reason
+
+
+def parallel() -> bool:
+    """True when the loaded kernels were built with OpenMP (multi-threaded ``parallel_for``)."""
+    return _loaded is True and _parallel
 
 
 def load() -> bool:
@@ -66,14 +80,30 @@ def load() -> bool:
         return _loaded
 
 
-def build_directory(sources=SOURCES) -> Path:
-    """Where the kernels of these sources are built for this torch / Python / platform."""
+def _flag_sets() -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """``(cflags, ldflags)`` to try in order: with OpenMP first when torch uses it."""
+    plain = (_CFLAGS, ())
+    if sys.platform != "win32" and torch.backends.openmp.is_available():
+        return [(_CFLAGS + _OPENMP_FLAGS, _OPENMP_FLAGS), plain]
+    return [plain]
+
+
+def build_directory(sources=SOURCES, flags=None) -> Path:
+    """Where the kernels of these sources are built for this torch / Python / platform / flags."""
+    cflags, ldflags = _flag_sets()[0] if flags is None else flags
     h = hashlib.sha256()
     for src in sources:
         h.update(Path(src).read_bytes())
     h.update(
         repr(
-            (torch.__version__, sys.version_info[:3], platform.machine(), _CFLAGS, sys.platform)
+            (
+                torch.__version__,
+                sys.version_info[:3],
+                platform.machine(),
+                cflags,
+                ldflags,
+                sys.platform,
+            )
         ).encode()
     )
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
@@ -88,10 +118,32 @@ def build_directory(sources=SOURCES) -> Path:
 
 
 def _build_and_load(sources) -> None:
+    global _parallel
     for src in sources:
         if not Path(src).is_file():
             raise FileNotFoundError(f"kernel source {src} is missing from the installation")
-    build_dir = build_directory(sources)
+    sets = _flag_sets()
+    for i, flags in enumerate(sets):
+        last = i + 1 == len(sets)
+        failed = build_directory(sources, flags) / _FAILED
+        if not last and failed.is_file():
+            continue  # this machine cannot build with these flags (remembered)
+        try:
+            _build_and_load_with(sources, flags)
+        except Exception as e:
+            if last:
+                raise
+            # e.g. no OpenMP support in the compiler: remember, and build without it
+            if failed.parent.is_dir():
+                failed.write_text(f"{type(e).__name__}: {e}\n")
+            continue
+        _parallel = bool(flags[1])
+        return
+
+
+def _build_and_load_with(sources, flags) -> None:
+    cflags, ldflags = flags
+    build_dir = build_directory(sources, flags)
     marker = build_dir / _MARKER
     lib = Path(marker.read_text().strip()) if marker.is_file() else None
     if lib is not None and lib.is_file():
@@ -112,7 +164,8 @@ def _build_and_load(sources) -> None:
         lib = cpp_extension.load(
             name=NAME,
             sources=[str(s) for s in sources],
-            extra_cflags=list(_CFLAGS),
+            extra_cflags=list(cflags),
+            extra_ldflags=list(ldflags),
             build_directory=str(build_dir),
             is_python_module=False,
             verbose=False,

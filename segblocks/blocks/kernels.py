@@ -19,9 +19,17 @@ attributes of the same name):
   ``grad[R] = 0``; ``grad[const_dst] = 0``; ``grad[avg_src] += grad[avg_dst] / 4`` then
   ``grad[avg_dst] = 0``; ``grad[copy_src] += grad[copy_dst]``. Only the interior rows are
   meaningful afterwards (copy destinations keep their incoming gradient).
-* ``pad_blocks(hr, lr, <plan tensors>, geometry=[s, pt, pb, pl, pr], value) -> flat``:
-  a new store from blocks ``hr [Nh, C, s, s]`` and ``lr [Nl, C, t, t]`` (any strides) with the
-  halo filled; differentiable.
+* ``pad_blocks(hr, lr, <plan tensors>, geometry=[s, pt, pb, pl, pr], value)
+  -> (hr_padded, lr_padded)``: the padded blocks ``hr_padded [Nh, C, s+pt+pb, s+pl+pr]`` and
+  ``lr_padded [Nl, C, t+pt+pb, t+pl+pr]`` from blocks ``hr [Nh, C, s, s]`` and
+  ``lr [Nl, C, t, t]`` (any strides) with the halo filled; two channels-last tensors, each
+  backed by its own contiguous ``[rows, C]`` buffer, that together are the store above without
+  its row ``R`` (the plan's rows address HR rows, then LR rows, then the pad value).
+  Differentiable; its backward takes the gradients of both outputs (either may be absent, any
+  strides) and returns ``(grad_hr [Nh, C, s, s], grad_lr [Nl, C, t, t])`` channels-last, by the
+  adjoint above: interior gradient plus, per halo row, its contribution to its source (const rows
+  none; an avg destination only through its 2x2 sources; filler entries skipped; duplicates
+  accumulate). The C++ kernel needs no store-sized temporary; the PyTorch path assembles one.
 * ``sample_blocks(x, hr_cells, lr_cells, geometry=[GH, GW, s, pt, pb, pl, pr]) -> flat``:
   BlockSample of ``x [N, C, GH*s, GW*s]`` into a store (HR interiors hold the block, LR
   interiors its 2x2 mean; halo rows and row ``R`` are zero); differentiable.
@@ -227,10 +235,18 @@ def _py_halo_fill_backward_(grad, copy_dst, copy_src, avg_dst, avg_src, const_ds
         grad.index_add_(0, copy_src, grad.index_select(0, copy_dst))
 
 
+def _padded_shapes(geometry, nh: int, nl: int, C: int):
+    s, pt, pb, pl, pr = geometry
+    t = s // 2
+    return (nh, s + pt + pb, s + pl + pr, C), (nl, t + pt + pb, t + pl + pr, C)
+
+
 def _py_pad_blocks(hr, lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, value):
     s, pt, pb, pl, pr = geometry
     nh, nl, C = hr.shape[0], lr.shape[0], hr.shape[1]
-    R = _store_geometry(s, pt, pb, pl, pr, nh, nl)[-1]
+    _t, _hp, _wp, _tp, _tw, rows_hr, R = _store_geometry(s, pt, pb, pl, pr, nh, nl)
+    # A temporary store (plan rows address it); the HR output keeps its head, the LR part is
+    # copied out (outputs must not share storage).
     flat = hr.new_empty(R + 1, C)
     hv, lv = _interiors(flat, geometry, nh, nl)
     if nh:
@@ -238,16 +254,34 @@ def _py_pad_blocks(hr, lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geom
     if nl:
         lv.copy_(lr.permute(0, 2, 3, 1))
     _py_halo_fill_(flat, copy_dst, copy_src, avg_dst, avg_src, const_dst, value)
-    return flat
+    hshape, lshape = _padded_shapes(geometry, nh, nl, C)
+    hp = flat[:rows_hr].view(hshape)
+    lp = flat[rows_hr:R].clone().view(lshape)
+    return hp.permute(0, 3, 1, 2), lp.permute(0, 3, 1, 2)
 
 
 def _py_pad_blocks_backward(
-    grad, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl
+    grad_hr, grad_lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl
 ):
-    work = grad.clone(memory_format=torch.contiguous_format)
+    ref = grad_hr if grad_hr is not None else grad_lr
+    C = ref.shape[1]
+    hshape, lshape = _padded_shapes(geometry, nh, nl, C)
+    parts = []
+    for g, shape in ((grad_hr, hshape), (grad_lr, lshape)):
+        rows = shape[0] * shape[1] * shape[2]
+        if g is None:
+            parts.append(ref.new_zeros(rows, C))
+        else:
+            parts.append(g.permute(0, 2, 3, 1).reshape(rows, C))
+    parts.append(ref.new_zeros(1, C))
+    work = torch.cat(parts)  # the gradient store (the fallback may afford the temporary)
     _py_halo_fill_backward_(work, copy_dst, copy_src, avg_dst, avg_src, const_dst)
-    hv, lv = _interiors(work, geometry, nh, nl)
-    return hv.contiguous().permute(0, 3, 1, 2), lv.contiguous().permute(0, 3, 1, 2)
+    # clone, not contiguous(): without a halo the interiors are contiguous views of `work`, and
+    # a custom op's outputs must not share storage.
+    hv, lv = (
+        v.clone(memory_format=torch.contiguous_format) for v in _interiors(work, geometry, nh, nl)
+    )
+    return hv.permute(0, 3, 1, 2), lv.permute(0, 3, 1, 2)
 
 
 def _py_sample_blocks(x, hr_cells, lr_cells, geometry):
@@ -381,10 +415,10 @@ def _(grad, copy_dst, copy_src, avg_dst, avg_src, const_dst):
 @torch.library.custom_op(
     "segblocks::pad_blocks",
     mutates_args=(),
-    schema=f"(Tensor hr, Tensor lr, {_PLAN}, int[] geometry, float value) -> Tensor",
+    schema=f"(Tensor hr, Tensor lr, {_PLAN}, int[] geometry, float value) -> (Tensor, Tensor)",
 )
 def _pad_blocks(hr, lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, value):
-    """A new flat store from HR/LR blocks with the halo filled by the plan."""
+    """The padded HR and LR blocks (two channels-last tensors) with the halo filled by the plan."""
     if _on_cpp(hr):
         return _C.pad_blocks(
             hr, lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, value
@@ -394,44 +428,55 @@ def _pad_blocks(hr, lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometr
 
 @_pad_blocks.register_fake
 def _(hr, lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, value):
-    s, pt, pb, pl, pr = geometry
-    R = _store_geometry(s, pt, pb, pl, pr, hr.shape[0], lr.shape[0])[-1]
-    return hr.new_empty(R + 1, hr.shape[1])
+    hshape, lshape = _padded_shapes(geometry, hr.shape[0], lr.shape[0], hr.shape[1])
+    return hr.new_empty(hshape).permute(0, 3, 1, 2), lr.new_empty(lshape).permute(0, 3, 1, 2)
 
 
 @torch.library.custom_op(
     "segblocks::_pad_blocks_backward",
     mutates_args=(),
-    schema=f"(Tensor grad, {_PLAN}, int[] geometry, int num_hr, int num_lr) -> (Tensor, Tensor)",
+    schema=(
+        f"(Tensor? grad_hr, Tensor? grad_lr, {_PLAN}, int[] geometry, int num_hr, int num_lr) "
+        "-> (Tensor, Tensor)"
+    ),
 )
-def _pad_blocks_backward(grad, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl):
-    if _on_cpp(grad):
+def _pad_blocks_backward(
+    grad_hr, grad_lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl
+):
+    ref = grad_hr if grad_hr is not None else grad_lr
+    if _on_cpp(ref):
         return _C.pad_blocks_backward(
-            grad, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl
+            grad_hr, grad_lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl
         )
     return _py_pad_blocks_backward(
-        grad, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl
+        grad_hr, grad_lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl
     )
 
 
 @_pad_blocks_backward.register_fake
-def _(grad, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl):
-    s, C = geometry[0], grad.shape[1]
+def _(grad_hr, grad_lr, copy_dst, copy_src, avg_dst, avg_src, const_dst, geometry, nh, nl):
+    ref = grad_hr if grad_hr is not None else grad_lr
+    s, C = geometry[0], ref.shape[1]
     return (
-        grad.new_empty(nh, s, s, C).permute(0, 3, 1, 2),
-        grad.new_empty(nl, s // 2, s // 2, C).permute(0, 3, 1, 2),
+        ref.new_empty(nh, s, s, C).permute(0, 3, 1, 2),
+        ref.new_empty(nl, s // 2, s // 2, C).permute(0, 3, 1, 2),
     )
 
 
 def _pad_setup(ctx, inputs, output):
     hr, lr, *plan, geometry, _value = inputs
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
     ctx.save_for_backward(*plan)
     ctx.geometry = geometry
     ctx.nh, ctx.nl = hr.shape[0], lr.shape[0]
 
 
-def _pad_backward(ctx, grad):
-    gh, gl = _pad_blocks_backward(grad, *ctx.saved_tensors, ctx.geometry, ctx.nh, ctx.nl)
+def _pad_backward(ctx, grad_hr, grad_lr):
+    if grad_hr is None and grad_lr is None:
+        return (None,) * 9
+    gh, gl = _pad_blocks_backward(
+        grad_hr, grad_lr, *ctx.saved_tensors, ctx.geometry, ctx.nh, ctx.nl
+    )
     return gh, gl, None, None, None, None, None, None, None
 
 

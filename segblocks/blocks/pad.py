@@ -396,13 +396,14 @@ def _padded_parts(x: BlockTensor, pads, border, value, mode, fresh=False) -> lis
     if x.trace is not None and not fresh:
         x.trace.profile.record(x.op_id, pads)
     if not inference_fast_path():
-        # Autograd: one differentiable op (interiors + halo into a fresh store); its backward
-        # is the adjoint scatter-add, with no per-layer slice copies in the graph.
+        # Autograd: one differentiable op (interiors + halo into fresh padded blocks, one
+        # tensor per level, consumed directly); its backward is the adjoint scatter-add into
+        # the two block gradients, with no store-sized copies in the graph.
         plan = pad_plan(x.grid, x.side, pads, mode, border)
-        flat = kernels.pad_blocks(
+        hr_padded, lr_padded = kernels.pad_blocks(
             x.parts[0], x.parts[1], *plan.tensors(), [x.side, *pads], float(value)
         )
-        return Store.wrap(flat, x.grid, x.side, pads).padded()
+        return [hr_padded, lr_padded]
     st = x.store
     if fresh or st is None or st.pads != pads:
         st = Store(x.grid, x.side, pads, x.channels, x.dtype, x.device, x.trace)

@@ -1,14 +1,21 @@
 // CPU kernels of the SegBlocks block ops (see segblocks/blocks/kernels.py for the semantics).
 //
 // Registered as torch.ops.segblocks_C.*; the Python-defined segblocks:: custom ops call them for
-// CPU tensors. Every kernel is written with at::parallel_for so that no two threads write the
-// same element: forwards split over destination rows, the halo adjoint (a scatter-add) splits
-// over channel ranges, each thread running every entry for its channels in plan order, so the
-// results are deterministic and do not depend on the number of threads.
+// CPU tensors. Loops are at::parallel_for, which for an OpenMP build of torch is an inline
+// `#pragma omp parallel`: the library must be compiled with -fopenmp (extension.py does so) to
+// use more than one thread. No two threads write the same element, and every element is computed
+// by the same operations in the same order however the loop is split, so results are
+// deterministic and do not depend on the number of threads: the forwards split over destination
+// blocks or plan entries, the in-place halo adjoint over channel ranges, pad_blocks' backward
+// over source blocks.
 //
 // Layout ("flat store"): a contiguous [R + 1, C] tensor holding the padded HR blocks
 // [Nh, s+pt+pb, s+pl+pr], then the padded LR blocks [Nl, t+pt+pb, t+pl+pr] (t = s/2), channels
-// last, then one row R (the pad-value row).
+// last, then one row R (the pad-value row). pad_blocks keeps the HR and LR parts in two buffers.
+//
+// Everything here is memory-bound. Plans and cell lists are validated once up front (so the hot
+// loops index without checks), a task item is a whole block where possible (one cell decode,
+// one memcpy per row of pixels), and halo copies go by runs of consecutive rows.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -18,6 +25,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -58,13 +66,16 @@ Tensor index_arg(const Tensor& t, const char* name) {
 void check_range(const Tensor& idx, int64_t hi, const char* name) {
   const int64_t* p = idx.const_data_ptr<int64_t>();
   const int64_t n = idx.numel();
-  if (n == 0) return;
-  int64_t lo = p[0], up = p[0];
-  for (int64_t i = 0; i < n; ++i) {
-    lo = std::min(lo, p[i]);
-    up = std::max(up, p[i]);
+  // Negative indices become huge as unsigned: one max (four independent chains) checks both ends.
+  uint64_t m[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int j = 0; j < 4; ++j) m[j] = std::max(m[j], static_cast<uint64_t>(p[i + j]));
   }
-  TORCH_CHECK(lo >= 0 && up < hi, "segblocks: ", name, " holds indices in [", lo, ", ", up,
+  for (; i < n; ++i) m[0] = std::max(m[0], static_cast<uint64_t>(p[i]));
+  if (std::max(std::max(m[0], m[1]), std::max(m[2], m[3])) < static_cast<uint64_t>(hi)) return;
+  const auto [lo, up] = std::minmax_element(p, p + n);
+  TORCH_CHECK(false, "segblocks: ", name, " holds indices in [", *lo, ", ", *up,
               "] but the valid range is [0, ", hi, ")");
 }
 
@@ -152,32 +163,82 @@ inline void fill_row(T* p, int64_t n, T v) {
   std::fill(p, p + n, v);
 }
 
-// ----------------------------------------------------------------------------- halo fill
+// ----------------------------------------------------------------------------- halo phases
 
+// Row r of a store split over two buffers (r < R); the pad-value row is `v`.
 template <typename T>
-void halo_fill_kernel(T* flat, int64_t rows, int64_t C, const Plan& p, T value) {
-  const int64_t R = rows - 1;
+struct SplitRows {
+  T* h;
+  T* l;
+  const T* v;
+  int64_t rows_hr, R, C;
+  T* at(int64_t r) const {  // branch-free: HR and LR rows alternate unpredictably
+    const bool lo = r >= rows_hr;
+    T* const base[2] = {h, l};
+    return base[lo] + (r - (lo ? rows_hr : 0)) * C;
+  }
+  const T* src(int64_t r) const { return r < R ? at(r) : v; }
+  int64_t end(int64_t r) const { return r < rows_hr ? rows_hr : R; }  // end of r's buffer
+};
+
+// Row r of one flat store [R + 1, C] (the value lives in row R itself).
+template <typename T>
+struct FlatRows {
+  T* f;
+  const T* v;
+  int64_t R, C;
+  T* at(int64_t r) const { return f + r * C; }
+  const T* src(int64_t r) const { return f + r * C; }
+  int64_t end(int64_t) const { return R; }
+};
+
+// The halo of a store: copies, then 2x2 means, then constants (so a row named by several phases
+// ends with the last one's value). Rows [0, R) only: writes aimed at the pad-value row R are
+// skipped. Copies go by runs: entries whose destination and source rows both advance by one
+// (a side of a halo facing a same-resolution neighbour) are one memcpy.
+template <typename T, typename Rows>
+void halo_phases(const Rows& m, const Plan& p) {
+  const int64_t R = m.R, C = m.C;
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(T));
-  fill_row(flat + R * C, C, value);  // phase 0
-  if (p.kc) {                        // phase 1: one memcpy per halo row, straight from its source
+  if (p.kc) {
     at::parallel_for(0, p.kc, grain_for(2 * row_bytes), [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        std::memcpy(flat + p.cd[i] * C, flat + p.cs[i] * C, row_bytes);
+      for (int64_t i = b; i < e;) {
+        const int64_t d = p.cd[i], s = p.cs[i];
+        int64_t n = 1;
+        if (d < R) {
+          const bool value = s >= R;  // the pad value
+          // Does entry i + k continue the run (both rows advancing by one)?
+          auto next = [&](int64_t k) {
+            return p.cd[i + k] == d + k && (value ? p.cs[i + k] >= R : p.cs[i + k] == s + k);
+          };
+          if (i + 1 < e && next(1)) {  // bounds work only for actual runs
+            int64_t lim = std::min(e - i, m.end(d) - d);
+            if (!value) lim = std::min(lim, m.end(s) - s);
+            while (n < lim && next(n)) ++n;
+          }
+          T* o = m.at(d);
+          if (!value) {
+            std::memcpy(o, m.at(s), n * row_bytes);
+          } else {
+            for (int64_t k = 0; k < n; ++k) std::memcpy(o + k * C, m.v, row_bytes);
+          }
+        }
+        i += n;
       }
     });
   }
-  if (p.ka) {  // phase 2: 2x2 means; filler entries aimed at row R are skipped (R keeps value)
+  if (p.ka) {
+    using acc_t = at::opmath_type<T>;
     at::parallel_for(0, p.ka, grain_for(5 * row_bytes), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const int64_t d = p.ad[i];
-        if (d == R) continue;
+        if (d >= R) continue;  // filler entry
         const int64_t* s = p.as + 4 * i;
-        using acc_t = at::opmath_type<T>;
-        const T* s0 = flat + s[0] * C;
-        const T* s1 = flat + s[1] * C;
-        const T* s2 = flat + s[2] * C;
-        const T* s3 = flat + s[3] * C;
-        T* o = flat + d * C;
+        const T* s0 = m.src(s[0]);
+        const T* s1 = m.src(s[1]);
+        const T* s2 = m.src(s[2]);
+        const T* s3 = m.src(s[3]);
+        T* o = m.at(d);
         for (int64_t c = 0; c < C; ++c) {
           acc_t v = static_cast<acc_t>(s0[c]);
           v += static_cast<acc_t>(s1[c]);
@@ -188,12 +249,17 @@ void halo_fill_kernel(T* flat, int64_t rows, int64_t C, const Plan& p, T value) 
       }
     });
   }
-  if (p.kz) {  // phase 3
+  if (p.kz) {
     at::parallel_for(0, p.kz, grain_for(row_bytes), [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) fill_row(flat + p.kd[i] * C, C, value);
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t d = p.kd[i];
+        if (d < R) std::memcpy(m.at(d), m.v, row_bytes);
+      }
     });
   }
 }
+
+// ----------------------------------------------------------------------------- halo fill
 
 // The adjoint, in place on a gradient store. Parallel over channel ranges: each thread runs
 // every phase over all entries for its channels, in plan order (deterministic scatter-adds).
@@ -263,8 +329,10 @@ void halo_fill_(const Tensor& flat, const Tensor& copy_dst, const Tensor& copy_s
   if (C == 0) return;
   with_contiguous(flat, [&](const Tensor& f) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, f.scalar_type(), "halo_fill_", [&] {
-      halo_fill_kernel<scalar_t>(f.mutable_data_ptr<scalar_t>(), rows, C, p,
-                                 static_cast<scalar_t>(value));
+      using T = scalar_t;
+      T* fp = f.mutable_data_ptr<T>();
+      fill_row(fp + (rows - 1) * C, C, static_cast<T>(value));  // row R first: copies read it
+      halo_phases<T>(FlatRows<T>{fp, fp + (rows - 1) * C, rows - 1, C}, p);
     });
   });
 }
@@ -285,6 +353,11 @@ void halo_fill_backward_(const Tensor& grad, const Tensor& copy_dst, const Tenso
 }
 
 // ----------------------------------------------------------------------------- pad_blocks
+//
+// pad_blocks writes the padded HR and LR blocks into two separate buffers ([Nh*hp*wp, C] and
+// [Nl*tp*tw, C], channels last); the plan's row indices address their concatenation followed by
+// the pad-value row R, so a row r lives in the HR buffer (r < rows_hr), the LR buffer (r < R) or
+// is the value (r == R).
 
 struct PadGeo {
   int64_t s, t, pt, pb, pl, pr, hp, wp, tp, tw, rows_hr, R;
@@ -318,44 +391,33 @@ void check_blocks(const Tensor& x, int64_t C, int64_t side, const char* name) {
   TORCH_CHECK(x.device().is_cpu(), "segblocks: ", name, " must be on the CPU");
 }
 
-// Interiors of padded blocks from blocks [Nb, C, side, side] (any strides).
+// Interiors of the padded HR and LR blocks from blocks [Nb, C, side, side] (any strides); one
+// task item per block.
 template <typename T>
-void write_interiors(T* flat, int64_t C, const Tensor& blocks, int64_t base, int64_t blk,
-                     int64_t wp, int64_t pt, int64_t pl, int64_t side) {
-  const int64_t Nb = blocks.size(0);
-  if (Nb == 0) return;
-  const T* src = blocks.const_data_ptr<T>();
-  const int64_t sb = blocks.stride(0), sc = blocks.stride(1), sy = blocks.stride(2),
-                sx = blocks.stride(3);
-  const int64_t row_bytes = side * C * static_cast<int64_t>(sizeof(T));
-  at::parallel_for(0, Nb * side, grain_for(row_bytes), [&](int64_t b0, int64_t e0) {
-    for (int64_t it = b0; it < e0; ++it) {
-      const int64_t b = it / side, y = it % side;
-      T* d = flat + (base + b * blk + (y + pt) * wp + pl) * C;
-      copy_pixels(d, C, src + b * sb + y * sy, side, C, sx, sc);
+void write_interiors(const SplitRows<T>& m, const PadGeo& g, const Tensor& hr, const Tensor& lr) {
+  const int64_t Nh = hr.size(0), C = m.C;
+  const T* in[2] = {hr.const_data_ptr<T>(), lr.const_data_ptr<T>()};
+  const int64_t sb[2] = {hr.stride(0), lr.stride(0)}, sc[2] = {hr.stride(1), lr.stride(1)};
+  const int64_t sy[2] = {hr.stride(2), lr.stride(2)}, sx[2] = {hr.stride(3), lr.stride(3)};
+  const int64_t block_bytes = 2 * g.hp * g.wp * C * static_cast<int64_t>(sizeof(T));
+  at::parallel_for(0, Nh + lr.size(0), grain_for(block_bytes), [&](int64_t b0, int64_t e0) {
+    for (int64_t k = b0; k < e0; ++k) {
+      const int lv = k < Nh ? 0 : 1;
+      const int64_t b = lv == 0 ? k : k - Nh, side = lv == 0 ? g.s : g.t;
+      const int64_t hp = lv == 0 ? g.hp : g.tp, wp = lv == 0 ? g.wp : g.tw;
+      T* out = (lv == 0 ? m.h : m.l) + (b * hp * wp + g.pt * wp + g.pl) * C;
+      const T* src = in[lv] + b * sb[lv];
+      for (int64_t y = 0; y < side; ++y) {
+        copy_pixels(out + y * wp * C, C, src + y * sy[lv], side, C, sx[lv], sc[lv]);
+      }
     }
   });
 }
 
-// Interiors of padded blocks -> blocks [Nb, side, side, C] contiguous.
-template <typename T>
-void read_interiors(T* out, const T* flat, int64_t C, int64_t Nb, int64_t base, int64_t blk,
-                    int64_t wp, int64_t pt, int64_t pl, int64_t side) {
-  if (Nb == 0) return;
-  const int64_t n = side * C;
-  at::parallel_for(0, Nb * side, grain_for(n * static_cast<int64_t>(sizeof(T))),
-                   [&](int64_t b0, int64_t e0) {
-                     for (int64_t it = b0; it < e0; ++it) {
-                       const int64_t b = it / side, y = it % side;
-                       std::memcpy(out + it * n, flat + (base + b * blk + (y + pt) * wp + pl) * C,
-                                   sizeof(T) * n);
-                     }
-                   });
-}
-
-Tensor pad_blocks(const Tensor& hr, const Tensor& lr, const Tensor& copy_dst,
-                  const Tensor& copy_src, const Tensor& avg_dst, const Tensor& avg_src,
-                  const Tensor& const_dst, IntArrayRef geometry, double value) {
+std::tuple<Tensor, Tensor> pad_blocks(const Tensor& hr, const Tensor& lr, const Tensor& copy_dst,
+                                      const Tensor& copy_src, const Tensor& avg_dst,
+                                      const Tensor& avg_src, const Tensor& const_dst,
+                                      IntArrayRef geometry, double value) {
   TORCH_CHECK(hr.dim() == 4, "segblocks: hr must be [Nh, C, s, s], got ", hr.sizes());
   const int64_t Nh = hr.size(0), Nl = lr.size(0), C = hr.size(1);
   PadGeo g = pad_geometry(geometry, Nh, Nl);
@@ -364,44 +426,312 @@ Tensor pad_blocks(const Tensor& hr, const Tensor& lr, const Tensor& copy_dst,
   TORCH_CHECK(hr.scalar_type() == lr.scalar_type(), "segblocks: hr is ", hr.scalar_type(),
               " but lr is ", lr.scalar_type());
   Plan p = make_plan(copy_dst, copy_src, avg_dst, avg_src, const_dst, g.R + 1);
-  Tensor flat = at::empty({g.R + 1, C}, hr.options().memory_format(at::MemoryFormat::Contiguous));
-  if (C == 0) return flat;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hr.scalar_type(), "pad_blocks", [&] {
-    scalar_t* f = flat.mutable_data_ptr<scalar_t>();
-    write_interiors<scalar_t>(f, C, hr, 0, g.hp * g.wp, g.wp, g.pt, g.pl, g.s);
-    write_interiors<scalar_t>(f, C, lr, g.rows_hr, g.tp * g.tw, g.tw, g.pt, g.pl, g.t);
-    halo_fill_kernel<scalar_t>(f, g.R + 1, C, p, static_cast<scalar_t>(value));
-  });
-  return flat;
+  auto opts = hr.options().memory_format(at::MemoryFormat::Contiguous);
+  Tensor hpad = at::empty({Nh, g.hp, g.wp, C}, opts);
+  Tensor lpad = at::empty({Nl, g.tp, g.tw, C}, opts);
+  if (C > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hr.scalar_type(), "pad_blocks", [&] {
+      using T = scalar_t;
+      std::vector<T> vrow(C, static_cast<T>(value));
+      SplitRows<T> m{hpad.mutable_data_ptr<T>(), lpad.mutable_data_ptr<T>(), vrow.data(),
+                     g.rows_hr, g.R, C};
+      write_interiors<T>(m, g, hr, lr);
+      halo_phases<T>(m, p);
+    });
+  }
+  return {hpad.permute({0, 3, 1, 2}), lpad.permute({0, 3, 1, 2})};
 }
 
-std::tuple<Tensor, Tensor> pad_blocks_backward(const Tensor& grad, const Tensor& copy_dst,
-                                               const Tensor& copy_src, const Tensor& avg_dst,
-                                               const Tensor& avg_src, const Tensor& const_dst,
-                                               IntArrayRef geometry, int64_t Nh, int64_t Nl) {
+// ------------------------------------------------------------------ pad_blocks backward
+//
+// The adjoint without a store-sized temporary: the gradient of a block is its interior gradient
+// plus what the halo rows that read it pass back. The plan is decoded once, in chunks of entries
+// (in parallel), into contributions (source block, interior pixel, gradient row) bucketed by
+// source block with a stable counting sort per chunk; then one task finishes a block at a time:
+// interior copy, then its 2x2-mean contributions and then its copy contributions, each in plan
+// order (its buckets, chunk after chunk) -- per element the order of the store adjoint
+// (halo_fill_backward_), so results are deterministic and equal to it. A const row contributes
+// nothing; an avg destination only through its 2x2 sources (the copy into it was overwritten);
+// filler entries aimed at row R are skipped; a copy destination adds to its source, unless the
+// source is row R. 2x2-mean sources must be interior rows. Copy runs (destination and source
+// rows both advancing by one within a row of pixels) are one item.
+
+// floor(n / d) for 0 <= n < 2^50 by a double reciprocal (exact: (n + 0.5) / d is at least
+// 0.5 / d away from an integer, far more than the rounding error).
+struct FastDiv {
+  double inv = 0;
+  explicit FastDiv(int64_t d) : inv(1.0 / static_cast<double>(std::max<int64_t>(d, 1))) {}
+  int64_t operator()(int64_t n) const {
+    return static_cast<int64_t>((static_cast<double>(n) + 0.5) * inv);
+  }
+};
+
+// Store rows -> (block, interior pixel) for the blocks of one level.
+struct LevelMap {
+  int64_t base = 0, end = 0, blk = 0, first = 0, side = 0;  // rows [base, end); block 0's number
+  FastDiv div{1};
+  std::vector<int32_t> pix;  // padded local row -> interior pixel y * side + x, or -1
+  LevelMap(int64_t base_, int64_t nb, int64_t side_, int64_t pt, int64_t pb, int64_t pl,
+           int64_t pr, int64_t first_)
+      : base(base_),
+        blk((side_ + pt + pb) * (side_ + pl + pr)),
+        first(first_),
+        side(side_),
+        div((side_ + pt + pb) * (side_ + pl + pr)),
+        pix((side_ + pt + pb) * (side_ + pl + pr), -1) {
+    end = base + nb * blk;
+    const int64_t wp = side + pl + pr;
+    for (int64_t y = 0; y < side; ++y) {
+      for (int64_t x = 0; x < side; ++x) pix[(y + pt) * wp + x + pl] = y * side + x;
+    }
+  }
+};
+
+// Number (HR blocks first, then LR) of the block holding row r < R; its local row in *loc.
+inline int64_t row_block(int64_t r, const LevelMap& H, const LevelMap& L, int64_t* loc) {
+  const LevelMap& g = r < H.end ? H : L;
+  const int64_t q = r - g.base;
+  const int64_t b = g.div(q);
+  *loc = q - b * g.blk;
+  return g.first + b;
+}
+
+// Block number and interior pixel of row r < R, or -1 when r is a halo row.
+inline int64_t decode_row(int64_t r, const LevelMap& H, const LevelMap& L, int32_t* pix) {
+  int64_t loc;
+  const int64_t k = row_block(r, H, L, &loc);
+  const int32_t px = (k < L.first ? H : L).pix[loc];
+  if (px < 0) return -1;
+  *pix = px;
+  return k;
+}
+
+struct Contrib {
+  int64_t grow;  // row of the incoming gradient
+  int32_t pix;   // interior pixel of the source block it adds to
+  int32_t n;     // copy: pixels in the run; avg: -1 = 2x2 group at pix, else the one source
+};
+
+// Contributions of a chunk of plan entries bucketed by source block: block k's are
+// items[start[k] : start[k + 1]], in plan order.
+struct Buckets {
+  std::vector<int64_t> start;
+  std::vector<Contrib> items;
+  // Stable counting sort of (key, item) pairs by key in [0, nblocks).
+  void build(const std::vector<int32_t>& key, const std::vector<Contrib>& in, int64_t nblocks) {
+    start.assign(nblocks + 1, 0);
+    for (int32_t k : key) ++start[k + 1];
+    for (int64_t k = 0; k < nblocks; ++k) start[k + 1] += start[k];
+    items.resize(in.size());
+    std::vector<int64_t> pos(start.begin(), start.end() - 1);
+    for (size_t j = 0; j < in.size(); ++j) items[pos[key[j]]++] = in[j];
+  }
+};
+
+// Plan entries [0, n) split into chunks decoded in parallel (each of at least kChunkEntries).
+inline int64_t num_chunks(int64_t n) {
+  constexpr int64_t kChunkEntries = 8192;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / kChunkEntries));
+}
+
+std::tuple<Tensor, Tensor> pad_blocks_backward(
+    const std::optional<Tensor>& grad_hr_opt, const std::optional<Tensor>& grad_lr_opt,
+    const Tensor& copy_dst, const Tensor& copy_src, const Tensor& avg_dst, const Tensor& avg_src,
+    const Tensor& const_dst, IntArrayRef geometry, int64_t Nh, int64_t Nl) {
+  const bool has_h = grad_hr_opt.has_value() && grad_hr_opt->defined();
+  const bool has_l = grad_lr_opt.has_value() && grad_lr_opt->defined();
+  TORCH_CHECK(has_h || has_l, "segblocks: pad_blocks_backward needs at least one gradient");
+  const Tensor& ref = has_h ? *grad_hr_opt : *grad_lr_opt;
   PadGeo g = pad_geometry(geometry, Nh, Nl);
-  check_store(grad, "grad");
-  TORCH_CHECK(grad.size(0) == g.R + 1, "segblocks: grad has ", grad.size(0),
-              " rows; the geometry needs ", g.R + 1);
-  const int64_t C = grad.size(1);
+  TORCH_CHECK(ref.dim() == 4, "segblocks: grad must be 4-D, got ", ref.sizes());
+  const int64_t C = ref.size(1);
+  // Channels-last contiguous [Nb, hp, wp, C] (free for channels-last gradients).
+  auto as_rows = [&](const std::optional<Tensor>& opt, int64_t nb, int64_t hp, int64_t wp,
+                     const char* name) {
+    const Tensor& x = *opt;
+    TORCH_CHECK(x.dim() == 4 && x.size(0) == nb && x.size(1) == C && x.size(2) == hp &&
+                    x.size(3) == wp,
+                "segblocks: ", name, " must be [", nb, ", ", C, ", ", hp, ", ", wp, "], got ",
+                x.sizes());
+    TORCH_CHECK(x.device().is_cpu(), "segblocks: ", name, " must be on the CPU");
+    TORCH_CHECK(x.scalar_type() == ref.scalar_type(), "segblocks: ", name, " is ",
+                x.scalar_type(), " but the other gradient is ", ref.scalar_type());
+    return x.permute({0, 2, 3, 1}).contiguous();
+  };
+  const Tensor Gh = has_h ? as_rows(grad_hr_opt, Nh, g.hp, g.wp, "grad_hr") : Tensor();
+  const Tensor Gl = has_l ? as_rows(grad_lr_opt, Nl, g.tp, g.tw, "grad_lr") : Tensor();
   Plan p = make_plan(copy_dst, copy_src, avg_dst, avg_src, const_dst, g.R + 1);
-  Tensor work = grad.clone(at::MemoryFormat::Contiguous);
-  auto opts = grad.options().memory_format(at::MemoryFormat::Contiguous);
+  TORCH_CHECK(g.R < (int64_t(1) << 50) && Nh + Nl < INT32_MAX,
+              "segblocks: store too large for pad_blocks_backward");
+  auto opts = ref.options().memory_format(at::MemoryFormat::Contiguous);
   Tensor gh = at::empty({Nh, g.s, g.s, C}, opts);
   Tensor gl = at::empty({Nl, g.t, g.t, C}, opts);
-  if (C > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(),
-                                    "pad_blocks_backward", [&] {
-                                      scalar_t* w = work.mutable_data_ptr<scalar_t>();
-                                      halo_adjoint_kernel<scalar_t>(w, g.R + 1, C, p);
-                                      read_interiors<scalar_t>(gh.mutable_data_ptr<scalar_t>(), w,
-                                                               C, Nh, 0, g.hp * g.wp, g.wp, g.pt,
-                                                               g.pl, g.s);
-                                      read_interiors<scalar_t>(gl.mutable_data_ptr<scalar_t>(), w,
-                                                               C, Nl, g.rows_hr, g.tp * g.tw,
-                                                               g.tw, g.pt, g.pl, g.t);
-                                    });
+  if (C == 0 || Nh + Nl == 0) return {gh.permute({0, 3, 1, 2}), gl.permute({0, 3, 1, 2})};
+
+  const int64_t R = g.R, rows_hr = g.rows_hr, nblocks = Nh + Nl;
+  const LevelMap H(0, Nh, g.s, g.pt, g.pb, g.pl, g.pr, 0);
+  const LevelMap L(rows_hr, Nl, g.t, g.pt, g.pb, g.pl, g.pr, Nh);
+  // Rows whose incoming gradient a later phase discards: 1 = avg dst, 2 = const dst.
+  std::vector<uint8_t> over;
+  if (p.ka || p.kz) {
+    over.assign(R, 0);
+    for (int64_t i = 0; i < p.ka; ++i) {
+      if (p.ad[i] < R) over[p.ad[i]] |= 1;
+    }
+    for (int64_t i = 0; i < p.kz; ++i) {
+      if (p.kd[i] < R) over[p.kd[i]] |= 2;
+    }
   }
+  auto live = [&](int64_t d, uint8_t killers) {
+    if (d >= R || (d < rows_hr ? !has_h : !has_l)) return false;
+    return over.empty() || (over[d] & killers) == 0;
+  };
+  // 2x2-mean contributions: one item per entry whose sources are a 2x2 group of one block.
+  auto decode_avg = [&](int64_t i0, int64_t i1, std::vector<int32_t>& key,
+                        std::vector<Contrib>& list) {
+    key.reserve(i1 - i0);
+    list.reserve(i1 - i0);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t d = p.ad[i];
+      if (!live(d, 2)) continue;
+      const int64_t* s4 = p.as + 4 * i;
+      int32_t px[4];
+      int64_t k[4];
+      for (int j = 0; j < 4; ++j) {
+        k[j] = s4[j] < R ? decode_row(s4[j], H, L, &px[j]) : -1;
+        TORCH_CHECK(k[j] >= 0, "segblocks: avg_src[", 4 * i + j, "] = ", s4[j],
+                    " is not a block interior row");
+      }
+      const int32_t side = static_cast<int32_t>(k[0] < Nh ? g.s : g.t);
+      if (k[1] == k[0] && k[2] == k[0] && k[3] == k[0] && px[1] == px[0] + 1 &&
+          px[2] == px[0] + side && px[3] == px[0] + side + 1) {
+        key.push_back(static_cast<int32_t>(k[0]));
+        list.push_back({d, px[0], -1});
+      } else {
+        for (int j = 0; j < 4; ++j) {
+          key.push_back(static_cast<int32_t>(k[j]));
+          list.push_back({d, px[j], j});
+        }
+      }
+    }
+  };
+  // Copy contributions: one item per run (destinations and sources both advancing by one,
+  // the sources within one row of pixels, every destination live and in the same buffer).
+  auto decode_copy = [&](int64_t i0, int64_t i1, std::vector<int32_t>& key,
+                         std::vector<Contrib>& list) {
+    key.reserve((i1 - i0) / 2);
+    list.reserve((i1 - i0) / 2);
+    for (int64_t i = i0; i < i1;) {
+      const int64_t d = p.cd[i], s = p.cs[i];
+      int32_t px;
+      int64_t k;
+      if (s >= R || !live(d, 3) || (k = decode_row(s, H, L, &px)) < 0) {
+        ++i;
+        continue;
+      }
+      const int64_t side = k < Nh ? g.s : g.t;
+      const int64_t lim = std::min({i1 - i, side - px % side, (d < rows_hr ? rows_hr : R) - d});
+      int64_t n = 1;
+      while (n < lim && p.cd[i + n] == d + n && p.cs[i + n] == s + n && live(d + n, 3)) ++n;
+      key.push_back(static_cast<int32_t>(k));
+      list.push_back({d, px, static_cast<int32_t>(n)});
+      i += n;
+    }
+  };
+  // Chunks of both lists decoded and bucketed in one parallel region; a block's contributions
+  // are then its bucket in chunk 0, chunk 1, ... (plan order).
+  const int64_t na = num_chunks(p.ka), nc = num_chunks(p.kc);
+  std::vector<Buckets> ab(na), cb(nc);
+  at::parallel_for(0, na + nc, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<int32_t> key;
+    std::vector<Contrib> list;
+    for (int64_t t = t0; t < t1; ++t) {
+      key.clear();
+      list.clear();
+      if (t < na) {
+        decode_avg(p.ka * t / na, p.ka * (t + 1) / na, key, list);
+        ab[t].build(key, list, nblocks);
+      } else {
+        decode_copy(p.kc * (t - na) / nc, p.kc * (t - na + 1) / nc, key, list);
+        cb[t - na].build(key, list, nblocks);
+      }
+    }
+  });
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, ref.scalar_type(), "pad_blocks_backward", [&] {
+        using T = scalar_t;
+        using acc_t = at::opmath_type<T>;
+        const T* gph = has_h ? Gh.const_data_ptr<T>() : nullptr;
+        const T* gpl = has_l ? Gl.const_data_ptr<T>() : nullptr;
+        T* oh = gh.mutable_data_ptr<T>();
+        T* ol = gl.mutable_data_ptr<T>();
+        auto grow = [&](int64_t r) { return r < rows_hr ? gph + r * C : gpl + (r - rows_hr) * C; };
+        constexpr int64_t kAhead = 8;  // prefetch distance (items)
+        const int64_t block_bytes = 2 * g.hp * g.wp * C * static_cast<int64_t>(sizeof(T));
+        at::parallel_for(0, nblocks, grain_for(block_bytes), [&](int64_t b0, int64_t e0) {
+          for (int64_t k = b0; k < e0; ++k) {
+            const bool is_h = k < Nh;
+            const LevelMap& lm = is_h ? H : L;
+            const int64_t side = lm.side, wp = side + g.pl + g.pr;
+            const int64_t b = k - lm.first, n = side * C;
+            T* out = (is_h ? oh : ol) + b * side * n;
+            const T* G = is_h ? gph : gpl;
+            // Start fetching this block's halo gradients while the interior is copied.
+            for (const auto* bk : {&ab, &cb}) {
+              for (const Buckets& bu : *bk) {
+                for (int64_t q = bu.start[k], e = std::min(bu.start[k + 1], q + kAhead); q < e;
+                     ++q) {
+                  __builtin_prefetch(grow(bu.items[q].grow));
+                }
+              }
+            }
+            if (G != nullptr) {
+              const T* src = G + (b * lm.blk + g.pt * wp + g.pl) * C;
+              for (int64_t y = 0; y < side; ++y) {
+                std::memcpy(out + y * n, src + y * wp * C, n * sizeof(T));
+              }
+            } else {
+              std::fill(out, out + side * n, static_cast<T>(0));
+            }
+            const acc_t quarter = static_cast<acc_t>(0.25);
+            for (const Buckets& bu : ab) {
+              for (int64_t q = bu.start[k], e = bu.start[k + 1]; q < e; ++q) {
+                if (q + kAhead < e) __builtin_prefetch(grow(bu.items[q + kAhead].grow));
+                const Contrib& it = bu.items[q];
+                const T* gd = grow(it.grow);
+                T* o = out + static_cast<int64_t>(it.pix) * C;
+                if (it.n < 0) {  // 2x2 group at pix, in source order
+                  T* rows[4] = {o, o + C, o + side * C, o + (side + 1) * C};
+                  for (T* r : rows) {
+                    for (int64_t c = 0; c < C; ++c) {
+                      r[c] = static_cast<T>(static_cast<acc_t>(r[c]) +
+                                            quarter * static_cast<acc_t>(gd[c]));
+                    }
+                  }
+                } else {
+                  for (int64_t c = 0; c < C; ++c) {
+                    o[c] = static_cast<T>(static_cast<acc_t>(o[c]) +
+                                          quarter * static_cast<acc_t>(gd[c]));
+                  }
+                }
+              }
+            }
+            for (const Buckets& bu : cb) {
+              for (int64_t q = bu.start[k], e = bu.start[k + 1]; q < e; ++q) {
+                if (q + kAhead < e) __builtin_prefetch(grow(bu.items[q + kAhead].grow));
+                const Contrib& it = bu.items[q];
+                const T* gd = grow(it.grow);  // the run's rows are consecutive in one buffer
+                T* o = out + static_cast<int64_t>(it.pix) * C;
+                const int64_t m = static_cast<int64_t>(it.n) * C;
+                for (int64_t c = 0; c < m; ++c) {
+                  o[c] = static_cast<T>(static_cast<acc_t>(o[c]) + static_cast<acc_t>(gd[c]));
+                }
+              }
+            }
+          }
+        });
+      });
   return {gh.permute({0, 3, 1, 2}), gl.permute({0, 3, 1, 2})};
 }
 
@@ -430,6 +760,33 @@ Cells make_cells(const Tensor& hr_cells, const Tensor& lr_cells, int64_t ncells)
 }
 
 // ----------------------------------------------------------------------------- sample_blocks
+//
+// sample / combine and their backwards run one task item per block (HR blocks, then LR
+// blocks): the cell is decoded once per block, and each row of pixels is one memcpy (or one
+// vectorised loop for the 2x2 pooling / nearest upsampling of LR blocks).
+
+// Top-left pixel offset of a cell in a dense map with strides (sN, sH, sW).
+inline int64_t cell_offset(int64_t cell, int64_t per, int64_t GW, int64_t s, int64_t sN,
+                           int64_t sH, int64_t sW) {
+  const int64_t n = cell / per, r = cell - n * per, gy = r / GW, gx = r - gy * GW;
+  return n * sN + gy * s * sH + gx * s * sW;
+}
+
+// d[2x] = d[2x + 1] = src[x] for x < t (pixels of C channels; d channels-last).
+template <typename T>
+inline void upsample_row(T* d, const T* src, int64_t t, int64_t C, int64_t sx, int64_t sc) {
+  if (sc == 1) {
+    for (int64_t x = 0; x < t; ++x) {
+      const T* __restrict p = src + x * sx;
+      T* __restrict o = d + 2 * x * C;
+      for (int64_t c = 0; c < C; ++c) o[c] = p[c];
+      for (int64_t c = 0; c < C; ++c) o[C + c] = p[c];
+    }
+  } else {
+    copy_pixels(d, 2 * C, src, t, C, sx, sc);
+    for (int64_t x = 0; x < t; ++x) std::memcpy(d + (2 * x + 1) * C, d + 2 * x * C, C * sizeof(T));
+  }
+}
 
 Tensor sample_blocks(const Tensor& x, const Tensor& hr_cells, const Tensor& lr_cells,
                      IntArrayRef geometry) {
@@ -453,40 +810,37 @@ Tensor sample_blocks(const Tensor& x, const Tensor& hr_cells, const Tensor& lr_c
     const T* xp = x.const_data_ptr<T>();
     const T zero = static_cast<T>(0);
     fill_row(f + g.R * C, C, zero);
-    const int64_t n_hr = cl.nh * g.hp, n_all = n_hr + cl.nl * g.tp;
-    const int64_t row_bytes = g.wp * C * static_cast<int64_t>(sizeof(T));
-    // One task item = one padded row of one block (halo columns zeroed, interior written).
-    at::parallel_for(0, n_all, grain_for(row_bytes), [&](int64_t b0, int64_t e0) {
+    const int64_t block_bytes = 2 * g.hp * g.wp * C * static_cast<int64_t>(sizeof(T));
+    at::parallel_for(0, cl.nh + cl.nl, grain_for(block_bytes), [&](int64_t b0, int64_t e0) {
       std::vector<T> scratch;
-      for (int64_t it = b0; it < e0; ++it) {
-        const bool is_hr = it < n_hr;
+      for (int64_t k = b0; k < e0; ++k) {
+        const bool is_hr = k < cl.nh;
+        const int64_t b = is_hr ? k : k - cl.nh;
         const int64_t hp = is_hr ? g.hp : g.tp, wp = is_hr ? g.wp : g.tw;
         const int64_t side = is_hr ? g.s : g.t;
-        const int64_t j = is_hr ? it : it - n_hr;
-        const int64_t b = j / hp, y = j % hp;
-        T* row = f + ((is_hr ? 0 : g.rows_hr) + b * hp * wp + y * wp) * C;
-        if (y < g.pt || y >= g.pt + side) {
-          fill_row(row, wp * C, zero);
-          continue;
-        }
-        fill_row(row, g.pl * C, zero);
-        fill_row(row + (g.pl + side) * C, g.pr * C, zero);
-        const int64_t cell = is_hr ? cl.h[b] : cl.l[b];
-        const int64_t n = cell / per, gy = (cell % per) / GW, gx = cell % GW;
-        T* d = row + g.pl * C;
-        const int64_t i = y - g.pt;  // interior row at the block's resolution
-        if (is_hr) {
-          copy_pixels(d, C, xp + n * sN + (gy * s + i) * sH + gx * s * sW, s, C, sW, sC);
-        } else {
-          const T* r0 = xp + n * sN + (gy * s + 2 * i) * sH + gx * s * sW;
-          const T* r1 = r0 + sH;
-          if (sC == 1) {
-            pool2x2_row(d, r0, r1, sW, g.t, C, 0.25f);
+        T* blk = f + ((is_hr ? 0 : g.rows_hr) + b * hp * wp) * C;
+        // The halo (filled later by a halo fill) is zero.
+        fill_row(blk, g.pt * wp * C, zero);
+        fill_row(blk + (g.pt + side) * wp * C, g.pb * wp * C, zero);
+        const T* src = xp + cell_offset(is_hr ? cl.h[b] : cl.l[b], per, GW, s, sN, sH, sW);
+        for (int64_t i = 0; i < side; ++i) {
+          T* row = blk + (g.pt + i) * wp * C;
+          fill_row(row, g.pl * C, zero);
+          fill_row(row + (g.pl + side) * C, g.pr * C, zero);
+          T* d = row + g.pl * C;
+          if (is_hr) {
+            copy_pixels(d, C, src + i * sH, s, C, sW, sC);
           } else {
-            scratch.resize(2 * s * C);
-            copy_pixels(scratch.data(), C, r0, s, C, sW, sC);
-            copy_pixels(scratch.data() + s * C, C, r1, s, C, sW, sC);
-            pool2x2_row(d, scratch.data(), scratch.data() + s * C, C, g.t, C, 0.25f);
+            const T* r0 = src + 2 * i * sH;
+            const T* r1 = r0 + sH;
+            if (sC == 1) {
+              pool2x2_row(d, r0, r1, sW, g.t, C, 0.25f);
+            } else {
+              scratch.resize(2 * s * C);
+              copy_pixels(scratch.data(), C, r0, s, C, sW, sC);
+              copy_pixels(scratch.data() + s * C, C, r1, s, C, sW, sC);
+              pool2x2_row(d, scratch.data(), scratch.data() + s * C, C, g.t, C, 0.25f);
+            }
           }
         }
       }
@@ -518,36 +872,37 @@ Tensor sample_blocks_backward(const Tensor& grad_in, const Tensor& hr_cells,
           using acc_t = at::opmath_type<T>;
           const T* gp = grad.const_data_ptr<T>();
           T* o = out.mutable_data_ptr<T>();
-          const int64_t n_hr = cl.nh * s, n_all = n_hr + cl.nl * s;
-          at::parallel_for(0, n_all, grain_for(s * C * static_cast<int64_t>(sizeof(T))),
-                           [&](int64_t b0, int64_t e0) {
-                             for (int64_t it = b0; it < e0; ++it) {
-                               const bool is_hr = it < n_hr;
-                               const int64_t j = is_hr ? it : it - n_hr;
-                               const int64_t b = j / s, i = j % s;
-                               const int64_t cell = is_hr ? cl.h[b] : cl.l[b];
-                               const int64_t n = cell / per, gy = (cell % per) / GW,
-                                             gx = cell % GW;
-                               T* d = o + ((n * H + gy * s + i) * W + gx * s) * C;
-                               if (is_hr) {
-                                 const T* src =
-                                     gp + (b * g.hp * g.wp + (i + g.pt) * g.wp + g.pl) * C;
-                                 std::memcpy(d, src, sizeof(T) * s * C);
-                               } else {
-                                 const T* src = gp + (g.rows_hr + b * g.tp * g.tw +
-                                                      (i / 2 + g.pt) * g.tw + g.pl) *
-                                                         C;
-                                 for (int64_t x = 0; x < s; ++x) {
-                                   const T* sp = src + (x / 2) * C;
-                                   T* dp = d + x * C;
-                                   for (int64_t c = 0; c < C; ++c) {
-                                     dp[c] = static_cast<T>(static_cast<acc_t>(sp[c]) *
-                                                            static_cast<acc_t>(0.25));
-                                   }
-                                 }
-                               }
-                             }
-                           });
+          const int64_t block_bytes = 2 * s * s * C * static_cast<int64_t>(sizeof(T));
+          at::parallel_for(0, cl.nh + cl.nl, grain_for(block_bytes), [&](int64_t b0, int64_t e0) {
+            for (int64_t k = b0; k < e0; ++k) {
+              const bool is_hr = k < cl.nh;
+              const int64_t b = is_hr ? k : k - cl.nh;
+              T* dst = o + cell_offset(is_hr ? cl.h[b] : cl.l[b], per, GW, s, H * W * C, W * C, C);
+              if (is_hr) {
+                const T* src = gp + (b * g.hp * g.wp + g.pt * g.wp + g.pl) * C;
+                for (int64_t i = 0; i < s; ++i) {
+                  std::memcpy(dst + i * W * C, src + i * g.wp * C, sizeof(T) * s * C);
+                }
+                continue;
+              }
+              // Each LR pixel's gradient / 4 goes to its 2x2 group: build the first output row
+              // of the pair, then copy it to the second.
+              const T* src = gp + (g.rows_hr + b * g.tp * g.tw + g.pt * g.tw + g.pl) * C;
+              for (int64_t i = 0; i < g.t; ++i) {
+                const T* __restrict sp = src + i * g.tw * C;
+                T* __restrict d = dst + 2 * i * W * C;
+                for (int64_t x = 0; x < g.t; ++x) {
+                  for (int64_t c = 0; c < C; ++c) {
+                    const T v = static_cast<T>(static_cast<acc_t>(sp[x * C + c]) *
+                                               static_cast<acc_t>(0.25));
+                    d[2 * x * C + c] = v;
+                    d[(2 * x + 1) * C + c] = v;
+                  }
+                }
+                std::memcpy(d + W * C, d, sizeof(T) * s * C);
+              }
+            }
+          });
         });
   }
   return out.permute({0, 3, 1, 2});
@@ -581,29 +936,24 @@ Tensor combine_blocks(const Tensor& hr, const Tensor& lr, const Tensor& hr_cells
       T* o = out.mutable_data_ptr<T>();
       const T* hp = hr.const_data_ptr<T>();
       const T* lp = lr.const_data_ptr<T>();
-      // HR items: one output row each; LR items: one LR row -> two identical output rows.
-      const int64_t n_hr = cl.nh * s, n_all = n_hr + cl.nl * t;
-      at::parallel_for(0, n_all, grain_for(s * C * static_cast<int64_t>(sizeof(T))),
-                       [&](int64_t b0, int64_t e0) {
-        for (int64_t it = b0; it < e0; ++it) {
-          const bool is_hr = it < n_hr;
-          const int64_t side = is_hr ? s : t;
-          const int64_t j = is_hr ? it : it - n_hr;
-          const int64_t b = j / side, i = j % side;
-          const int64_t cell = is_hr ? cl.h[b] : cl.l[b];
-          const int64_t n = cell / per, gy = (cell % per) / GW, gx = cell % GW;
+      const int64_t block_bytes = 2 * s * s * C * static_cast<int64_t>(sizeof(T));
+      at::parallel_for(0, cl.nh + cl.nl, grain_for(block_bytes), [&](int64_t b0, int64_t e0) {
+        for (int64_t k = b0; k < e0; ++k) {
+          const bool is_hr = k < cl.nh;
+          const int64_t b = is_hr ? k : k - cl.nh;
+          T* d = o + cell_offset(is_hr ? cl.h[b] : cl.l[b], per, GW, s, H * W * C, W * C, C);
           if (is_hr) {
-            T* d = o + ((n * H + gy * s + i) * W + gx * s) * C;
-            copy_pixels(d, C, hp + b * hr.stride(0) + i * hr.stride(2), s, C, hr.stride(3),
-                        hr.stride(1));
-          } else {
-            T* d = o + ((n * H + gy * s + 2 * i) * W + gx * s) * C;
-            copy_pixels(d, 2 * C, lp + b * lr.stride(0) + i * lr.stride(2), t, C, lr.stride(3),
-                        lr.stride(1));
-            for (int64_t x = 0; x < t; ++x) {
-              std::memcpy(d + (2 * x + 1) * C, d + 2 * x * C, sizeof(T) * C);
+            for (int64_t i = 0; i < s; ++i) {
+              copy_pixels(d + i * W * C, C, hp + b * hr.stride(0) + i * hr.stride(2), s, C,
+                          hr.stride(3), hr.stride(1));
             }
-            std::memcpy(d + W * C, d, sizeof(T) * s * C);
+            continue;
+          }
+          for (int64_t i = 0; i < t; ++i) {  // one LR row -> two identical output rows
+            T* r = d + 2 * i * W * C;
+            upsample_row(r, lp + b * lr.stride(0) + i * lr.stride(2), t, C, lr.stride(3),
+                         lr.stride(1));
+            std::memcpy(r + W * C, r, sizeof(T) * s * C);
           }
         }
       });
@@ -638,24 +988,23 @@ std::tuple<Tensor, Tensor> combine_blocks_backward(const Tensor& grad, const Ten
       const T* gp = grad.const_data_ptr<T>();
       T* ho = gh.mutable_data_ptr<T>();
       T* lo = gl.mutable_data_ptr<T>();
-      const int64_t n_hr = cl.nh * s, n_all = n_hr + cl.nl * t;
-      at::parallel_for(0, n_all, grain_for(s * C * static_cast<int64_t>(sizeof(T))),
-                       [&](int64_t b0, int64_t e0) {
+      const int64_t block_bytes = 2 * s * s * C * static_cast<int64_t>(sizeof(T));
+      at::parallel_for(0, cl.nh + cl.nl, grain_for(block_bytes), [&](int64_t b0, int64_t e0) {
         std::vector<T> scratch;
-        for (int64_t it = b0; it < e0; ++it) {
-          const bool is_hr = it < n_hr;
-          const int64_t side = is_hr ? s : t;
-          const int64_t j = is_hr ? it : it - n_hr;
-          const int64_t b = j / side, i = j % side;
-          const int64_t cell = is_hr ? cl.h[b] : cl.l[b];
-          const int64_t n = cell / per, gy = (cell % per) / GW, gx = cell % GW;
+        for (int64_t k = b0; k < e0; ++k) {
+          const bool is_hr = k < cl.nh;
+          const int64_t b = is_hr ? k : k - cl.nh;
+          const T* src = gp + cell_offset(is_hr ? cl.h[b] : cl.l[b], per, GW, s, sN, sH, sW);
           if (is_hr) {
-            copy_pixels(ho + j * s * C, C, gp + n * sN + (gy * s + i) * sH + gx * s * sW, s, C, sW,
-                        sC);
-          } else {
-            const T* r0 = gp + n * sN + (gy * s + 2 * i) * sH + gx * s * sW;
+            for (int64_t i = 0; i < s; ++i) {
+              copy_pixels(ho + (b * s + i) * s * C, C, src + i * sH, s, C, sW, sC);
+            }
+            continue;
+          }
+          for (int64_t i = 0; i < t; ++i) {
+            const T* r0 = src + 2 * i * sH;
             const T* r1 = r0 + sH;
-            T* d = lo + j * t * C;
+            T* d = lo + (b * t + i) * t * C;
             if (sC == 1) {
               pool2x2_row(d, r0, r1, sW, t, C, 1.0f);
             } else {
@@ -684,11 +1033,11 @@ TORCH_LIBRARY(segblocks_C, m) {
       "Tensor avg_src, Tensor const_dst) -> ()");
   m.def(
       "pad_blocks(Tensor hr, Tensor lr, Tensor copy_dst, Tensor copy_src, Tensor avg_dst, "
-      "Tensor avg_src, Tensor const_dst, int[] geometry, float value) -> Tensor");
+      "Tensor avg_src, Tensor const_dst, int[] geometry, float value) -> (Tensor, Tensor)");
   m.def(
-      "pad_blocks_backward(Tensor grad, Tensor copy_dst, Tensor copy_src, Tensor avg_dst, "
-      "Tensor avg_src, Tensor const_dst, int[] geometry, int num_hr, int num_lr) "
-      "-> (Tensor, Tensor)");
+      "pad_blocks_backward(Tensor? grad_hr, Tensor? grad_lr, Tensor copy_dst, Tensor copy_src, "
+      "Tensor avg_dst, Tensor avg_src, Tensor const_dst, int[] geometry, int num_hr, "
+      "int num_lr) -> (Tensor, Tensor)");
   m.def("sample_blocks(Tensor x, Tensor hr_cells, Tensor lr_cells, int[] geometry) -> Tensor");
   m.def(
       "sample_blocks_backward(Tensor grad, Tensor hr_cells, Tensor lr_cells, int[] geometry, "

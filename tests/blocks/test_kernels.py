@@ -82,6 +82,19 @@ def _blocks(grid, s, dtype=torch.float32, c=C, seed=0, requires_grad=False):
     return hr.requires_grad_(requires_grad), lr.requires_grad_(requires_grad)
 
 
+def _padded_shapes(nh, nl, s, pads, c):
+    pt, pb, pl, pr = pads
+    t = s // 2
+    return (nh, c, s + pt + pb, s + pl + pr), (nl, c, t + pt + pb, t + pl + pr)
+
+
+def _as_store(hp, lp, value: float):
+    """The flat store ``[R + 1, C]`` of padded blocks (row ``R`` holds ``value``)."""
+    c = hp.shape[1]
+    rows = [hp.permute(0, 2, 3, 1).reshape(-1, c), lp.permute(0, 2, 3, 1).reshape(-1, c)]
+    return torch.cat([*rows, hp.new_full((1, c), value)])
+
+
 def _padded_views(flat, nh, nl, s, pads):
     """``[Nh, C, hp, wp]`` and ``[Nl, C, tp, tw]`` views of the padded blocks of a store."""
     pt, pb, pl, pr = pads
@@ -124,13 +137,17 @@ def test_pad_blocks_matches_reference(backend, mask_kind, geom, mode, border, dt
     layout = ["plain", "cl", "view"][GEOMS.index(geom) % 3]
     value = -1.5 if border == "zeros" else 0.0
     plan = _plan(grid, s, pads, mode, border)
-    flat = kernels.pad_blocks(_layout(hr, layout), _layout(lr, layout), *plan, [s, *pads], value)
-    assert flat.shape[1] == C and flat.is_contiguous() and flat.dtype == dtype
+    got_hr, got_lr = kernels.pad_blocks(
+        _layout(hr, layout), _layout(lr, layout), *plan, [s, *pads], value
+    )
+    shapes = _padded_shapes(grid.num_hr, grid.num_lr, s, pads, C)
+    for got, shape in zip((got_hr, got_lr), shapes, strict=True):
+        assert got.shape == shape and got.dtype == dtype
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    assert got_hr.untyped_storage().data_ptr() != got_lr.untyped_storage().data_ptr()
     ref_hr, ref_lr = ref_pad(hr.float(), lr.float(), mask, s, pads, mode, border, value)
-    got_hr, got_lr = _padded_views(flat, grid.num_hr, grid.num_lr, s, pads)
     _close(got_hr, ref_hr, dtype)
     _close(got_lr, ref_lr, dtype)
-    assert torch.all(flat[-1] == value)
 
 
 @pytest.mark.parametrize("mode,border", MODE_BORDERS)
@@ -141,7 +158,7 @@ def test_halo_fill_matches_pad_blocks(backend, geom, mode, border):
     grid = BlockGrid(_mask("mixed", seed=1), s)
     hr, lr = _blocks(grid, s)
     plan = _plan(grid, s, pads, mode, border)
-    want = kernels.pad_blocks(hr, lr, *plan, [s, *pads], 2.0)
+    want = _as_store(*kernels.pad_blocks(hr, lr, *plan, [s, *pads], 2.0), 2.0)
     flat = torch.randn_like(want)  # stale halo
     interior = _interior_rows(grid.num_hr, grid.num_lr, s, pads)
     flat[interior] = want[interior]
@@ -203,6 +220,7 @@ GC_MASKS = {
         ("mixed", "zero", "zeros", (1, 2, 1, 2)),
         ("all_hr", "avg", "replicate", (1, 1, 1, 1)),
         ("all_lr", "avg", "zeros", (2, 1, 1, 0)),
+        ("mixed", "avg", "zeros", (0, 0, 0, 0)),  # no halo: interiors are the whole blocks
     ],
 )
 def test_gradcheck_pad_blocks(backend, mask_kind, mode, border, pads):
@@ -216,6 +234,60 @@ def test_gradcheck_pad_blocks(backend, mask_kind, mode, border, pads):
         return kernels.pad_blocks(hr, lr, *plan, [s, *pads], -0.5)
 
     assert gradcheck(fn, (hr, lr), fast_mode=False)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("mode,border", [("avg", "zeros"), ("avg", "replicate"), ("zero", "zeros")])
+def test_gradcheck_pad_blocks_one_output(backend, mode, border, which):
+    """Only one padded level is used: the other one's gradient reaches the backward as None."""
+    s, pads = 4, (1, 2, 2, 1)
+    grid = BlockGrid(GC_MASKS["mixed"], s)
+    hr, lr = _blocks(grid, s, torch.float64, c=2, requires_grad=True)
+    plan = _plan(grid, s, pads, mode, border)
+
+    def fn(hr, lr):
+        return kernels.pad_blocks(hr, lr, *plan, [s, *pads], 0.25)[which]
+
+    assert gradcheck(fn, (hr, lr), fast_mode=False)
+
+
+def _strided(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """The same values as a gradient of other strides."""
+    if kind == "expanded" and t.numel():
+        return t[:1, :1, :1, :1].expand(t.shape)
+    return _layout(t, kind)
+
+
+@pytest.mark.parametrize("mode,border", MODE_BORDERS)
+@pytest.mark.parametrize("geom", GEOMS, ids=lambda g: f"s{g[0]}")
+def test_pad_backward_absent_and_strided_grads(backend, geom, mode, border):
+    """``_pad_blocks_backward`` == the store adjoint, for absent (None) and any-strided grads."""
+    s, pads = geom
+    grid = BlockGrid(_mask("mixed", seed=5), s)
+    plan = _plan(grid, s, pads, mode, border)
+    nh, nl = grid.num_hr, grid.num_lr
+    geo = [s, *pads]
+    gen = torch.Generator().manual_seed(7)
+    shapes = _padded_shapes(nh, nl, s, pads, 3)
+    gh, gl = (torch.randn(sh, generator=gen, dtype=torch.float64) for sh in shapes)
+    op = torch.ops.segblocks._pad_blocks_backward
+    pt, _, pl, _ = pads
+    t = s // 2
+    for kind in ("plain", "cl", "view", "expanded"):
+        for use_h, use_l in ((True, True), (True, False), (False, True)):
+            a = _strided(gh, kind) if use_h else None
+            b = _strided(gl, kind) if use_l else None
+            got = op(a, b, *plan, geo, nh, nl)
+            # The store adjoint on the same gradient (absent = zeros), interiors read back.
+            za = a if use_h else gh.new_zeros(shapes[0])
+            zb = b if use_l else gl.new_zeros(shapes[1])
+            store = _as_store(za.contiguous(), zb.contiguous(), 0.0)
+            kernels.halo_fill_backward_(store, *plan)
+            hp, lp = _padded_views(store, nh, nl, s, pads)
+            want = (hp[:, :, pt : pt + s, pl : pl + s], lp[:, :, pt : pt + t, pl : pl + t])
+            for g_, w_ in zip(got, want, strict=True):
+                assert g_.is_contiguous(memory_format=torch.channels_last)
+                assert torch.equal(g_, w_), (kind, use_h, use_l)
 
 
 @pytest.mark.parametrize("mask_kind", list(GC_MASKS))
@@ -267,7 +339,8 @@ def test_halo_fill_backward_is_the_adjoint(backend, geom, mode, border):
     torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
     # The interiors of the adjoint are what the autograd of pad_blocks returns.
     hr, lr = _blocks(grid, s, torch.float64, c=4, requires_grad=True)
-    kernels.pad_blocks(hr, lr, *plan, [s, *pads], 0.0).backward(b)
+    outs = kernels.pad_blocks(hr, lr, *plan, [s, *pads], 0.0)
+    torch.autograd.backward(outs, _padded_views(b, grid.num_hr, grid.num_lr, s, pads))
     ghp, glp = _padded_views(atb, grid.num_hr, grid.num_lr, s, pads)
     pt, _, pl, _ = pads
     t = s // 2
@@ -300,10 +373,15 @@ def _run_all(grid, s, pads, mode, border, x, hr, lr):
     geo = [s, *pads]
     out = []
     hr, lr, x = (t.detach().requires_grad_(True) for t in (hr, lr, x))
-    flat = kernels.pad_blocks(hr, lr, *plan, geo, -1.0)
+    hp, lp = kernels.pad_blocks(hr, lr, *plan, geo, -1.0)
+    flat = _as_store(hp.detach(), lp.detach(), -1.0)
     g = torch.randn(flat.shape, generator=torch.Generator().manual_seed(5))
-    out += [flat, *torch.autograd.grad(flat, (hr, lr), g)]
-    f2 = flat.detach().clone()
+    gh, gl = _padded_views(g, hr.shape[0], lr.shape[0], s, pads)
+    out += [hp, lp, *torch.autograd.grad((hp, lp), (hr, lr), (gh, gl), retain_graph=True)]
+    # Gradient of one output only (the other one's is absent: None).
+    out += list(torch.autograd.grad(hp, (hr, lr), gh, retain_graph=True, allow_unused=True))
+    out += list(torch.autograd.grad(lp, (hr, lr), gl, allow_unused=True))
+    f2 = flat.clone()
     kernels.halo_fill_(f2, *plan, 3.0)
     g2 = g.clone()
     kernels.halo_fill_backward_(g2, *plan)
@@ -330,8 +408,33 @@ def test_cpp_and_python_identical(mask_kind, mode, border):
             torch.manual_seed(0)
             results[name] = _run_all(grid, s, pads, mode, border, x, hr, lr)
     for i, (a, b) in enumerate(zip(results["python"], results["cpp"], strict=True)):
+        if a is None or b is None:
+            assert a is None and b is None, i
+            continue
         assert a.shape == b.shape, i
         assert torch.equal(a, b), (i, (a - b).abs().max())
+
+
+@pytest.mark.parametrize("mode,border", [("avg", "zeros"), ("avg", "replicate")])
+def test_results_do_not_depend_on_the_thread_count(backend, mode, border):
+    """Every op, forward and backward, is bit-identical on 1 and 2 threads (large enough for
+    the C++ kernels to split their loops and the adjoint's plan decoding)."""
+    s, pads, N, GH, GW, c = 16, (1, 1, 1, 1), 8, 8, 8, 4
+    grid = BlockGrid(_mask("mixed", N, GH, GW, seed=6), s)
+    hr, lr = _blocks(grid, s, c=c)
+    x = torch.randn(N, c, GH * s, GW * s).contiguous(memory_format=torch.channels_last)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            torch.manual_seed(0)
+            results.append(_run_all(grid, s, pads, mode, border, x, hr, lr))
+    finally:
+        torch.set_num_threads(threads)
+    for i, (a, b) in enumerate(zip(*results, strict=True)):
+        assert (a is None) == (b is None), i
+        assert a is None or torch.equal(a, b), i
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=str)
@@ -346,6 +449,8 @@ def test_other_dtypes_agree(dtype):
         with kernels.use_backend(name):
             outs.append(kernels.pad_blocks(hr, lr, *plan, [s, *pads], 0.0))
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-3, atol=1e-3)
+    for a in outs:
+        assert all(t.dtype == dtype for t in a)
 
 
 def test_schema_fake_and_autograd_registration():
@@ -363,6 +468,15 @@ def test_schema_fake_and_autograd_registration():
         (kernels.halo_fill_, (torch.zeros(200, C, dtype=torch.float64), *plan, 1.0)),
     ]:
         torch.library.opcheck(op, args, test_utils=tests)
+    # The backward op itself, with both gradients and with one absent.
+    gh, gl = (
+        torch.randn(sh, dtype=torch.float64)
+        for sh in _padded_shapes(grid.num_hr, grid.num_lr, s, pads, C)
+    )
+    bwd = torch.ops.segblocks._pad_blocks_backward.default
+    for a, b in ((gh, gl), (None, gl), (gh, None)):
+        args = (a, b, *plan, [s, *pads], grid.num_hr, grid.num_lr)
+        torch.library.opcheck(bwd, args, test_utils=("test_schema", "test_faketensor"))
 
 
 # ----------------------------------------------------------------------------- backend choice
@@ -413,7 +527,7 @@ def test_cuda_takes_the_pytorch_path():
     plan = _plan(grid, s, pads, "avg", "replicate")
     want = kernels.pad_blocks(hr, lr, *plan, [s, *pads], 0.0)
     got = kernels.pad_blocks(hr.cuda(), lr.cuda(), *(p.cuda() for p in plan), [s, *pads], 0.0)
-    torch.testing.assert_close(got.cpu(), want)
+    torch.testing.assert_close([t.cpu() for t in got], list(want))
 
 
 def test_bad_plan_is_an_error(backend):
@@ -425,6 +539,43 @@ def test_bad_plan_is_an_error(backend):
     bad[0] = 10**9
     with pytest.raises((RuntimeError, IndexError)):
         kernels.pad_blocks(hr, lr, cd, bad, ad, as_, kd, [s, *pads], 0.0)
+
+
+def test_cpp_pad_backward_rejects_non_interior_avg_source():
+    """The C++ adjoint bucketises by source block: 2x2-mean sources must be interior rows."""
+    _cpp_or_skip()
+    s, pads = 4, (1, 1, 1, 1)
+    grid = BlockGrid(_mask("mixed"), s)
+    cd, cs, ad, as_, kd = _plan(grid, s, pads, "avg", "zeros")
+    assert ad.numel()
+    bad = as_.clone()
+    bad[0] = 0  # row 0: the top-left halo pixel of HR block 0
+    gh, gl = (torch.randn(sh) for sh in _padded_shapes(grid.num_hr, grid.num_lr, s, pads, C))
+    with kernels.use_backend("cpp"), pytest.raises(RuntimeError, match="not a block interior"):
+        torch.ops.segblocks._pad_blocks_backward(
+            gh, gl, cd, cs, ad, bad, kd, [s, *pads], grid.num_hr, grid.num_lr
+        )
+
+
+def test_copy_runs_stop_at_the_end_of_a_level(backend):
+    """Consecutive copy entries whose rows cross from the HR to the LR buffer are no run."""
+    s, pads, value = 4, (1, 2, 2, 1), 7.5
+    # Last HR block bottom-right and first LR block top-left: both corner rows take the value.
+    grid = BlockGrid(torch.tensor([[[False, True], [True, True]]]), s)
+    cd, cs, ad, as_, kd = _plan(grid, s, pads, "avg", "zeros")
+    rows_hr = grid.num_hr * (s + pads[0] + pads[1]) * (s + pads[2] + pads[3])
+    j1 = int((cd == rows_hr - 1).nonzero())
+    j2 = int((cd == rows_hr).nonzero())
+    R = rows_hr + grid.num_lr * (s // 2 + pads[0] + pads[1]) * (s // 2 + pads[2] + pads[3])
+    assert cs[j1] == R and cs[j2] == R
+    order = [j for j in range(cd.numel()) if j != j2]
+    order.insert(order.index(j1) + 1, j2)
+    perm = torch.tensor(order)
+    hr, lr = _blocks(grid, s)
+    want = kernels.pad_blocks(hr, lr, cd, cs, ad, as_, kd, [s, *pads], value)
+    got = kernels.pad_blocks(hr, lr, cd[perm], cs[perm], ad, as_, kd, [s, *pads], value)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_plans_cover_every_halo_row():
