@@ -196,20 +196,26 @@ struct FlatRows {
 // ends with the last one's value). Rows [0, R) only: writes aimed at the pad-value row R are
 // skipped. Copies go by runs: entries whose destination and source rows both advance by one
 // (a side of a halo facing a same-resolution neighbour) are one memcpy.
+// (The task bodies copy what they use into locals: captured by reference, the plan pointers and
+// row maps would be reloaded from memory after every memcpy / store.)
 template <typename T, typename Rows>
-void halo_phases(const Rows& m, const Plan& p) {
-  const int64_t R = m.R, C = m.C;
-  const int64_t row_bytes = C * static_cast<int64_t>(sizeof(T));
-  if (p.kc) {
-    at::parallel_for(0, p.kc, grain_for(2 * row_bytes), [&](int64_t b, int64_t e) {
+void halo_phases(const Rows& rows, const Plan& plan) {
+  const int64_t R = rows.R;
+  const int64_t row_bytes = rows.C * static_cast<int64_t>(sizeof(T));
+  if (plan.kc) {
+    at::parallel_for(0, plan.kc, grain_for(2 * row_bytes), [&](int64_t b, int64_t e) {
+      const Rows m = rows;
+      const int64_t C = m.C, rb = row_bytes, R_ = R;
+      const int64_t* const cd = plan.cd;
+      const int64_t* const cs = plan.cs;
       for (int64_t i = b; i < e;) {
-        const int64_t d = p.cd[i], s = p.cs[i];
+        const int64_t d = cd[i], s = cs[i];
         int64_t n = 1;
-        if (d < R) {
-          const bool value = s >= R;  // the pad value
+        if (d < R_) {
+          const bool value = s >= R_;  // the pad value
           // Does entry i + k continue the run (both rows advancing by one)?
           auto next = [&](int64_t k) {
-            return p.cd[i + k] == d + k && (value ? p.cs[i + k] >= R : p.cs[i + k] == s + k);
+            return cd[i + k] == d + k && (value ? cs[i + k] >= R_ : cs[i + k] == s + k);
           };
           if (i + 1 < e && next(1)) {  // bounds work only for actual runs
             int64_t lim = std::min(e - i, m.end(d) - d);
@@ -218,22 +224,26 @@ void halo_phases(const Rows& m, const Plan& p) {
           }
           T* o = m.at(d);
           if (!value) {
-            std::memcpy(o, m.at(s), n * row_bytes);
+            std::memcpy(o, m.at(s), n * rb);
           } else {
-            for (int64_t k = 0; k < n; ++k) std::memcpy(o + k * C, m.v, row_bytes);
+            for (int64_t k = 0; k < n; ++k) std::memcpy(o + k * C, m.v, rb);
           }
         }
         i += n;
       }
     });
   }
-  if (p.ka) {
+  if (plan.ka) {
     using acc_t = at::opmath_type<T>;
-    at::parallel_for(0, p.ka, grain_for(5 * row_bytes), [&](int64_t b, int64_t e) {
+    at::parallel_for(0, plan.ka, grain_for(5 * row_bytes), [&](int64_t b, int64_t e) {
+      const Rows m = rows;
+      const int64_t C = m.C, R_ = R;
+      const int64_t* const ad = plan.ad;
+      const int64_t* const as = plan.as;
       for (int64_t i = b; i < e; ++i) {
-        const int64_t d = p.ad[i];
-        if (d >= R) continue;  // filler entry
-        const int64_t* s = p.as + 4 * i;
+        const int64_t d = ad[i];
+        if (d >= R_) continue;  // filler entry
+        const int64_t* s = as + 4 * i;
         const T* s0 = m.src(s[0]);
         const T* s1 = m.src(s[1]);
         const T* s2 = m.src(s[2]);
@@ -249,11 +259,13 @@ void halo_phases(const Rows& m, const Plan& p) {
       }
     });
   }
-  if (p.kz) {
-    at::parallel_for(0, p.kz, grain_for(row_bytes), [&](int64_t b, int64_t e) {
+  if (plan.kz) {
+    at::parallel_for(0, plan.kz, grain_for(row_bytes), [&](int64_t b, int64_t e) {
+      const Rows m = rows;
+      const int64_t rb = row_bytes, R_ = R;
+      const int64_t* const kd = plan.kd;
       for (int64_t i = b; i < e; ++i) {
-        const int64_t d = p.kd[i];
-        if (d < R) std::memcpy(m.at(d), m.v, row_bytes);
+        if (kd[i] < R_) std::memcpy(m.at(kd[i]), m.v, rb);
       }
     });
   }
@@ -405,10 +417,11 @@ void write_interiors(const SplitRows<T>& m, const PadGeo& g, const Tensor& hr, c
       const int lv = k < Nh ? 0 : 1;
       const int64_t b = lv == 0 ? k : k - Nh, side = lv == 0 ? g.s : g.t;
       const int64_t hp = lv == 0 ? g.hp : g.tp, wp = lv == 0 ? g.wp : g.tw;
+      const int64_t c = C, ys = sy[lv], xs = sx[lv], cs = sc[lv], step = wp * C;
       T* out = (lv == 0 ? m.h : m.l) + (b * hp * wp + g.pt * wp + g.pl) * C;
       const T* src = in[lv] + b * sb[lv];
       for (int64_t y = 0; y < side; ++y) {
-        copy_pixels(out + y * wp * C, C, src + y * sy[lv], side, C, sx[lv], sc[lv]);
+        copy_pixels(out + y * step, c, src + y * ys, side, c, xs, cs);
       }
     }
   });
