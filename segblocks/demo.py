@@ -3,7 +3,7 @@
 :func:`run_demo` (the default demo). On 2 CPU cores in about 10 minutes, with no files or downloads:
 
 1. trains a static SwiftNet-RN18 (all blocks high-res) and SegBlocks-RN18 (learned policy,
-   tau = 0.4, 64-px blocks) with the same recipe (``configs/procedural_tiny.yaml``: random
+   tau = 0.4, 64-px blocks) with the same recipe (the packaged ``procedural_tiny`` config: random
    scale 0.5-2, crop, jitter, flip, Adam + cosine, hybrid REINFORCE loss);
 2. evaluates on held-out scenes: the static network at full resolution, the same network at
    0.625x resolution (the static reduced-resolution baseline; its training saw scales 0.5-2),
@@ -32,7 +32,8 @@ from torch import nn
 
 __all__ = ["run_demo", "run_engine_demo", "Resized"]
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "procedural_tiny.yaml"
+#: the packaged training config of the demo (``segblocks/configs/procedural_tiny.yaml``)
+CONFIG_NAME = "procedural_tiny"
 ENGINE_DEMO_FRACS = (0.2, 0.4, 0.6, 1.0)
 TRUNK_STRIDE = 32  # resnet18's last stage; LR blocks there must still be >= 1 pixel
 
@@ -55,6 +56,7 @@ def _overrides(out: Path, policy: str, epochs: int, seed: int) -> list[str]:
     return [
         *extra,
         f"out_dir={out}",
+        "overwrite=true",  # the report folder is regenerated on every run
         f"policy={policy}",
         f"epochs={epochs}",
         f"seed={seed}",
@@ -119,7 +121,7 @@ def run_demo(
     for name, policy in (("static", "all_hr"), ("segblocks", "learned")):
         print(f"[demo] training {name} ({policy} policy, {epochs} epochs) ...", flush=True)
         ovr = _overrides(out / f"train_{name}", policy, epochs, seed) + list(overrides or [])
-        cfg = load_config(str(CONFIG), ovr)
+        cfg = load_config(CONFIG_NAME, ovr)
         runs[name] = (train(cfg), cfg)
         print(f"[demo] {name} trained ({time.time() - t0:.0f} s so far)", flush=True)
 
@@ -159,7 +161,7 @@ def run_demo(
     lines = [
         "# SegBlocks demo on procedural street scenes",
         "",
-        f"Trained {epochs} epochs (config {CONFIG.name}: 64 scenes, batch 4, 256x256 crops) "
+        f"Trained {epochs} epochs (config {CONFIG_NAME}.yaml: 64 scenes, batch 4, 256x256 crops) "
         f"per model; evaluated on {val_images} held-out {val_size[0]}x{val_size[1]} scenes; CPU, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}; total "
         f"{time.time() - t0:.0f} s. Reproduce: `segblocks demo`.",

@@ -33,3 +33,12 @@ def test_engine_demo_small(capsys):
 def test_engine_demo_cli_errors(argv, msg, capsys):
     assert main(["demo", "--engine", "--threads", "1", *argv]) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_demo_replaces_its_own_training_runs(tmp_path):
+    """Re-running the demo into the same report folder replaces its runs (overwrite=true)."""
+    from segblocks.demo import CONFIG_NAME, _overrides
+    from segblocks.training import load_config
+
+    cfg = load_config(CONFIG_NAME, _overrides(tmp_path / "train_static", "all_hr", 1, 0))
+    assert cfg.overwrite and not cfg.resume and cfg.policy == "all_hr"

@@ -1,8 +1,10 @@
-"""Config overrides that shrink configs/procedural_tiny.yaml to a seconds-long CPU run."""
+"""Config overrides that shrink the packaged procedural_tiny.yaml to a seconds-long CPU run."""
 
 from pathlib import Path
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "procedural_tiny.yaml")
+import segblocks
+
+CONFIG = str(Path(segblocks.__file__).resolve().parent / "configs" / "procedural_tiny.yaml")
 
 TINY = [
     "dataset_kwargs.num_images=4",

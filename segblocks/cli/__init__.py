@@ -9,13 +9,19 @@ Subcommands:
     train   joint training of network and policy from a YAML config.
     eval    mIoU, GMACs, FPS, memory, per-class HR %, HR histogram.
     infer   coloured segmentation and decision overlay for images.
+
+User errors (the project's :class:`~segblocks.errors.SegBlocksError` types: bad config,
+unreadable checkpoint, busy or non-empty output folder, unusable inputs) print one line,
+``segblocks CMD: error: ...``, and exit with status 2; Ctrl-C exits with 130. ``--debug``
+(anywhere on the command line) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from . import bench, demo, eval, infer, macs, train
+from . import bench, common, demo, eval, infer, macs, train
 
 __all__ = ["build_parser", "main"]
 
@@ -27,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="segblocks",
         description="SegBlocks: block-based dynamic resolution for segmentation CNNs.",
     )
+    ap.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks for errors (also accepted after the subcommand)",
+    )
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
@@ -34,9 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from segblocks.errors import SegBlocksError, TrainingInterrupted
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     ap = build_parser()
     args = ap.parse_args(argv)
+    args.debug = common.DEBUG = debug
     if getattr(args, "func", None) is None:
         ap.print_help()
         return 2
-    return args.func(args)
+    cmd = args.command
+    try:
+        return args.func(args)
+    except TrainingInterrupted as e:
+        if debug:
+            raise
+        hint = getattr(args, "resume_hint", None)
+        print(f"segblocks {cmd}: {hint(e) if hint else e}", file=sys.stderr)
+        return 130
+    except SegBlocksError as e:
+        if debug:
+            raise
+        print(f"segblocks {cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"segblocks {cmd}: interrupted", file=sys.stderr)
+        return 130

@@ -46,8 +46,15 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+#: set by ``segblocks --debug``: :func:`fail` re-raises exceptions (tracebacks shown)
+DEBUG = False
+
+
 def fail(cmd: str, e: Exception | str) -> int:
-    """Print ``segblocks CMD: error: E`` to stderr; returns the exit status 2."""
+    """Print ``segblocks CMD: error: E`` to stderr; returns the exit status 2 (with
+    ``--debug``, an exception ``e`` is raised instead)."""
+    if DEBUG and isinstance(e, BaseException):
+        raise e
     print(f"segblocks {cmd}: error: {e}", file=sys.stderr)
     return 2
 
@@ -87,9 +94,14 @@ def load_model(args: argparse.Namespace):
         from segblocks.training import load_segblocks
 
         model = load_segblocks(args.checkpoint)
-        if args.policy:  # override the trained policy (e.g. all_hr for the static baseline)
+        trained = {"dataset": model.dataset, "class_names": model.class_names}
+        if args.policy == "dense":
+            model = model.net
+        elif args.policy:  # override the trained policy (e.g. all_hr for the static baseline)
             kw = {"tau": args.hr_fraction} if args.policy in ("random", "heuristic") else {}
             model = SegBlocksModel(model.net, args.policy, model.block_size, **kw)
+        for k, v in trained.items():  # what the checkpoint says about its data
+            setattr(model, k, v)
         return model.eval()
     net = create_model(args.model, num_classes=args.num_classes)
     if args.policy == "dense":

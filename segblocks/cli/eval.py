@@ -65,6 +65,19 @@ def run(args: argparse.Namespace) -> int:
         ds = _dataset(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
         return fail("eval", e)
+    k_model = getattr(getattr(model, "net", model), "num_classes", None)
+    k_data = getattr(ds, "num_classes", None)
+    if k_model and k_data and int(k_model) != int(k_data):
+        trained = getattr(model, "dataset", None)
+        what = f"checkpoint {args.checkpoint}" if args.checkpoint else "the model"
+        fix = f" (--dataset {trained})" if trained and trained != args.dataset else ""
+        if not args.checkpoint:
+            fix = f" (--num-classes {k_data} for a fresh model)"
+        return fail(
+            "eval",
+            f"{what} predicts {k_model} classes but --dataset {args.dataset} has {k_data}; "
+            f"evaluate on the dataset the model was trained on{fix}",
+        )
     res = evaluate(
         model,
         ds,

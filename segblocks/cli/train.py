@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from .common import fail
+
+_RUN_SWITCHES = ("resume", "overwrite")
 
 
 def add_parser(sub) -> None:
@@ -16,10 +19,17 @@ def add_parser(sub) -> None:
             "paper Eq. 13) from a YAML config with key=value overrides, e.g. "
             "'segblocks train --config configs/procedural_tiny.yaml epochs=2 tau=0.3'. "
             "Multi-process: torchrun --nproc_per_node=N -m segblocks train --config ... ; "
-            "resume with resume=true; mixed precision with amp=true."
+            "resume with resume=true (the config must match the checkpoint's; "
+            "allow_config_change=[epochs] extends a run); replace the run in a non-empty "
+            "out_dir with overwrite=true; mixed precision with amp=true. Configs shipped with "
+            "the package: procedural_tiny, cityscapes_rn18, camvid_rn18, mapillary_effl1."
         ),
     )
-    p.add_argument("--config", required=True, help="YAML file, e.g. configs/procedural_tiny.yaml")
+    p.add_argument(
+        "--config",
+        required=True,
+        help="YAML file or packaged config name, e.g. procedural_tiny or configs/x.yaml",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=run)
 
@@ -27,11 +37,28 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from segblocks.training import load_config, train
 
+    def resume_hint(e) -> str:
+        """The one-line Ctrl-C message: where training stopped and the command to resume."""
+        keep = [o for o in args.overrides if o.split("=", 1)[0].strip() not in _RUN_SWITCHES]
+        cmd = ["segblocks", "train", "--config", args.config, *keep, "resume=true"]
+        of = f" of {e.epochs}" if e.epochs else ""
+        where = f"in epoch {e.epoch}{of}" if e.epoch is not None else "before the first epoch"
+        held = (
+            f"{e.checkpoint} holds epoch {e.saved_epoch}"
+            if e.saved_epoch
+            else "no checkpoint was written yet"
+        )
+        return f"interrupted {where}; {held}. Resume with: {shlex.join(cmd)}"
+
+    args.resume_hint = resume_hint
     try:
         cfg = load_config(args.config, args.overrides)
     except (ValueError, FileNotFoundError) as e:
         return fail("train", e)
-    res = train(cfg)
+    try:
+        res = train(cfg)
+    except FileNotFoundError as e:  # dataset folders (the message shows the layout)
+        return fail("train", e)
     if res.get("val"):
         v = res["val"]
         print(f"val mIoU {v['miou']:.4f}  HR fraction {v['hr_fraction']:.3f}")

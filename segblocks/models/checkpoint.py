@@ -8,22 +8,39 @@ A checkpoint is a ``torch.save``-d dict::
      "state_dict": {...},
      **extra}                                     # e.g. epoch, optimizer state, metrics
 
-Writes are atomic: the dict goes to a temporary file in the target directory, which then
-replaces the target with ``os.replace``, so a crash never leaves a truncated checkpoint.
+Writes are atomic: the dict goes to a temporary file (``.NAME.*.tmp``) in the target
+directory, which then replaces the target with ``os.replace``, so a crash never leaves a
+truncated checkpoint; the file gets the usual permissions (``0666`` less the umask).
+:func:`remove_stale_temp_files` deletes the temporary files a killed write left behind.
+
+Reading is guarded: a missing, empty, truncated or foreign file, or weights that do not fit the
+model, raise :class:`~segblocks.errors.CheckpointError` with a one-line message naming the file
+and what to do.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
 from .registry import create_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "load_state_dict_checked",
+    "model_from_checkpoint",
+    "remove_stale_temp_files",
+]
 
 FORMAT = "segblocks-checkpoint"
 VERSION = 1
@@ -67,6 +84,7 @@ def save_checkpoint(model: nn.Module, path, **extra) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             torch.save(ckpt, f)
             f.flush()
@@ -81,19 +99,132 @@ def save_checkpoint(model: nn.Module, path, **extra) -> Path:
     return path
 
 
-def load_checkpoint(path, map_location="cpu", weights_only: bool = True) -> dict:
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temp_files(path) -> list[Path]:
+    """Delete the temporary files (``.NAME.*.tmp``) that killed writes of checkpoint ``path``
+    left in its folder; returns the removed paths. Call it only when no other process writes
+    this checkpoint (the trainer does, holding the output folder's lock)."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def _unreadable(path, why: str, hint: str) -> CheckpointError:
+    return CheckpointError(f"cannot read checkpoint {path}: {why}; {hint}")
+
+
+_DEFAULT_HINT = "delete it, or give a checkpoint written by segblocks train / save_checkpoint"
+
+
+def load_checkpoint(
+    path, map_location="cpu", weights_only: bool = True, hint: str | None = None
+) -> dict:
     """Read a checkpoint dict (see the module docstring) without building the model.
 
     ``weights_only=False`` is needed only when ``extra`` entries held arbitrary Python objects;
     use it for trusted files only.
+
+    Raises:
+        CheckpointError: the file is missing, empty, truncated, not a PyTorch file or not a
+            segblocks checkpoint; the one-line message names it and ends with ``hint`` (what to
+            do; default: delete it or give another file).
     """
-    ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
+    hint = hint or _DEFAULT_HINT
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {path} not found; check the path")
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the .pt file in it")
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise _unreadable(path, e.strerror or str(e), hint) from None
+    if size == 0:
+        raise _unreadable(path, "the file is empty (0 bytes; an interrupted copy?)", hint)
+    is_zip = zipfile.is_zipfile(p)
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=weights_only)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        raise _unreadable(path, e.strerror or str(e), hint) from None
+    except Exception as e:  # noqa: BLE001 - every decoding failure means a bad file
+        if is_zip and weights_only and isinstance(e, pickle.UnpicklingError) and _zip_ok(p):
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            obj = f" ({found.group(1)})" if found else ""
+            raise _unreadable(
+                path,
+                f"it holds Python objects{obj} that safe (weights-only) loading refuses",
+                "if you trust the file, load it with "
+                "segblocks.models.load_checkpoint(path, weights_only=False)",
+            ) from None
+        what = "truncated or corrupt" if is_zip else "truncated, corrupt or not a PyTorch file"
+        raise _unreadable(path, f"the file is {what} ({size} bytes)", hint) from None
     if not isinstance(ckpt, dict) or "model_name" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not a segblocks checkpoint (no model_name / state_dict entries); "
-            "write checkpoints with segblocks.models.checkpoint.save_checkpoint"
+            "give a file written by segblocks train or segblocks.models.save_checkpoint"
         )
     return ckpt
+
+
+def _zip_ok(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def load_state_dict_checked(module: nn.Module, state_dict, path, what: str = "weights") -> None:
+    """``module.load_state_dict(state_dict)`` (strict) with a one-line
+    :class:`~segblocks.errors.CheckpointError` naming ``path`` when the tensors do not fit."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"checkpoint {path}: its {what} are not a state dict")
+    target = module.state_dict()
+    missing = [k for k in target if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in target]
+    shapes = [
+        k
+        for k in target
+        if k in state_dict
+        and hasattr(state_dict[k], "shape")
+        and tuple(state_dict[k].shape) != tuple(target[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            k = shapes[0]
+            parts.append(
+                f"{len(shapes)} tensor(s) of another shape, e.g. {k} "
+                f"{tuple(state_dict[k].shape)} in the file vs {tuple(target[k].shape)}"
+            )
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise CheckpointError(
+            f"checkpoint {path}: its {what} do not fit the model ({'; '.join(parts)}); it was "
+            "saved for another model or class count: use the model config it was trained with"
+        )
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, ValueError, TypeError) as e:
+        first = " ".join((str(e).strip().splitlines() or [""])[0].split())
+        raise CheckpointError(
+            f"checkpoint {path}: its {what} do not fit the model ({first[:160]})"
+        ) from None
 
 
 def load_model(
@@ -106,12 +237,28 @@ def load_model(
     download or weights file is needed). ``overrides`` replace config entries.
     """
     ckpt = load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+    return model_from_checkpoint(ckpt, path, map_location, strict, **overrides)
+
+
+def model_from_checkpoint(
+    ckpt: dict, path, map_location="cpu", strict: bool = True, **overrides
+) -> nn.Module:
+    """:func:`load_model` for a checkpoint dict already read from ``path``."""
     config = dict(ckpt.get("model_config") or {})
     if "pretrained_backbone" in config:
         config["pretrained_backbone"] = False
     config.update(overrides)
-    model = create_model(ckpt["model_name"], **config)
-    model.load_state_dict(ckpt["state_dict"], strict=strict)
+    try:
+        model = create_model(ckpt["model_name"], **config)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"checkpoint {path}: cannot rebuild its model {ckpt['model_name']!r} with "
+            f"{config} ({e}); it was written by another version of segblocks or edited"
+        ) from None
+    if strict:
+        load_state_dict_checked(model, ckpt["state_dict"], path)
+    else:
+        model.load_state_dict(ckpt["state_dict"], strict=False)
     # Remember the config as originally given, so a re-saved checkpoint is the same.
     model.model_config = {**dict(ckpt.get("model_config") or {}), **overrides}
     if (

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models"]
+__all__ = ["register_model", "create_model", "list_models", "model_arguments"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -60,6 +61,22 @@ def list_models() -> list[str]:
     """Sorted names of all registered models."""
     _load_builtins()
     return sorted(_REGISTRY)
+
+
+def model_arguments(name: str) -> tuple[str, ...] | None:
+    """The keyword arguments ``create_model(name, ...)`` accepts (``None``: not known, the
+    builder takes ``**kwargs`` without declaring them in a ``model_arguments`` attribute)."""
+    _load_builtins()
+    fn = _REGISTRY.get(name)
+    if fn is None:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+    declared = getattr(fn, "model_arguments", None)
+    if declared is not None:
+        return tuple(declared)
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind != p.VAR_POSITIONAL)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

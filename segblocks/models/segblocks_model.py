@@ -153,6 +153,11 @@ class SegBlocksModel(nn.Module):
                 f"{tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__}"
             )
         N, _, H, W = image.shape
+        if N == 0 or H == 0 or W == 0:
+            raise ValueError(
+                f"SegBlocksModel got an empty batch: image shape {tuple(image.shape)}; pass at "
+                "least one image of at least 1x1 pixels ([N >= 1, 3, H, W])"
+            )
         hp, wp = self._padded_size(H, W)
         x = image if (hp, wp) == (H, W) else F.pad(image, (0, wp - W, 0, hp - H))
         grid_shape = (hp // self.block_size, wp // self.block_size)

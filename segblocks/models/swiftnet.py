@@ -33,6 +33,7 @@ bias only in the final 1x1 conv.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import timm
@@ -373,3 +374,11 @@ def swiftnet_rn50(**kwargs) -> SwiftNet:
 def swiftnet_effl1(**kwargs) -> SwiftNet:
     """SwiftNet with an EfficientNet-Lite1 backbone (tf_efficientnet_lite1; decoder width 48)."""
     return SwiftNet(backbone="tf_efficientnet_lite1", **kwargs)
+
+
+# The keyword arguments of the builders above (checked by the training config).
+_SWIFTNET_ARGS = tuple(
+    n for n in inspect.signature(SwiftNet.__init__).parameters if n not in ("self", "backbone")
+)
+for _fn in (swiftnet_rn18, swiftnet_rn50, swiftnet_effl1):
+    _fn.model_arguments = _SWIFTNET_ARGS

@@ -22,6 +22,15 @@ Outputs in ``out_dir`` (rank 0 only): ``last.pt`` (written atomically every epoc
 state; rebuild the SegBlocks model with :func:`load_segblocks`), ``log.csv``, ``config.yaml``,
 ``metrics.json`` and TensorBoard events if ``torch.utils.tensorboard`` is importable.
 
+Safety: a non-empty ``out_dir`` is refused unless ``resume=true`` (continue the run) or
+``overwrite=true`` (delete its ``last.pt``, ``log.csv``, ``config.yaml``, ``metrics.json`` and
+``tb/``); ``out_dir/train.lock`` (``fcntl.flock``, held while training; it names the holder's
+PID) stops a second trainer; temporary files of killed checkpoint writes are removed. With
+``resume=true`` the config stored in ``last.pt`` must match (``check_resume_config``; e.g.
+``allow_config_change=[epochs]`` extends a run: the cosine schedule then stretches to the new
+length from the next step on). Ctrl-C raises :class:`~segblocks.errors.TrainingInterrupted`
+saying which epoch ``last.pt`` holds.
+
 DDP: under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set) the process group is initialised
 (gloo on CPU, nccl on CUDA) and the model wrapped in ``DistributedDataParallel``;
 ``batch_size`` is per process.
@@ -35,9 +44,17 @@ import json
 import math
 import os
 import random
+import shutil
+import socket
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no out_dir lock
+    fcntl = None
 
 import numpy as np
 import torch
@@ -47,10 +64,22 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..data import transforms as T
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    OutputDirError,
+    SegBlocksError,
+    TrainingInterrupted,
+)
 from ..evaluation.metrics import ConfusionMatrix
-from ..models import create_model, load_checkpoint, load_model, save_checkpoint
+from ..models import create_model, load_checkpoint, save_checkpoint
+from ..models.checkpoint import (
+    load_state_dict_checked,
+    model_from_checkpoint,
+    remove_stale_temp_files,
+)
 from ..models.segblocks_model import SegBlocksModel
-from .config import TrainConfig
+from .config import TrainConfig, check_resume_config
 from .data import EpochSampler, build_datasets, dataset_num_classes, make_dataset
 from .losses import HybridLoss
 
@@ -65,6 +94,9 @@ __all__ = [
 
 CSV_FIELDS = ("epoch", "iter", "loss", "task_loss", "policy_loss", "hr_fraction", "lr")
 CHECKPOINT_NAME = "last.pt"
+LOCK_NAME = "train.lock"
+#: what ``overwrite=true`` deletes from ``out_dir`` (other files are left alone)
+RUN_OUTPUTS = (CHECKPOINT_NAME, "log.csv", "config.yaml", "metrics.json", "tb")
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,8 +119,17 @@ def build_model(cfg: TrainConfig, num_classes: int) -> SegBlocksModel:
         mk["decoder_bn_momentum"] = float(cfg.decoder_bn_momentum)
     if cfg.spp_bn_momentum is not None:
         mk["spp_bn_momentum"] = float(cfg.spp_bn_momentum)
-    net = create_model(cfg.model, **mk)
-    return SegBlocksModel(net, cfg.policy, cfg.block_size, **_policy_kwargs(cfg))
+    try:
+        net = create_model(cfg.model, **mk)
+        return SegBlocksModel(net, cfg.policy, cfg.block_size, **_policy_kwargs(cfg))
+    except (ValueError, TypeError) as e:
+        if isinstance(e, SegBlocksError):
+            raise
+        first = " ".join((str(e).strip().splitlines() or [type(e).__name__])[0].split())
+        raise ConfigError(
+            f"cannot build model {cfg.model} with policy {cfg.policy} from this config "
+            f"({first}); check model_kwargs and policy_kwargs"
+        ) from None
 
 
 def build_optimizer(cfg: TrainConfig, model: SegBlocksModel) -> torch.optim.Adam:
@@ -122,18 +163,32 @@ def cosine_factor(step: int, total: int, min_ratio: float) -> float:
 
 
 def load_segblocks(path, map_location="cpu") -> SegBlocksModel:
-    """Rebuild the trained :class:`SegBlocksModel` (eval mode) from a trainer checkpoint."""
+    """Rebuild the trained :class:`SegBlocksModel` (eval mode) from a trainer checkpoint.
+
+    The model also gets ``dataset`` (the training dataset's name, ``None`` if unknown) and
+    ``class_names`` (list, or ``None``) attributes. Unreadable or unfitting files raise
+    :class:`~segblocks.errors.CheckpointError`.
+    """
     ckpt = load_checkpoint(path, map_location=map_location)
-    net = load_model(path, map_location=map_location)
+    net = model_from_checkpoint(ckpt, path, map_location=map_location)
     sb = ckpt.get("segblocks") or {}
-    model = SegBlocksModel(
-        net,
-        sb.get("policy", "all_hr"),
-        sb.get("block_size", 128),
-        **(sb.get("policy_kwargs") or {}),
-    )
+    try:
+        model = SegBlocksModel(
+            net,
+            sb.get("policy", "all_hr"),
+            sb.get("block_size", 128),
+            **(sb.get("policy_kwargs") or {}),
+        )
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"checkpoint {path}: cannot rebuild its SegBlocks model ({e})"
+        ) from None
     if ckpt.get("policy_state_dict"):
-        model.policy.load_state_dict(ckpt["policy_state_dict"])
+        load_state_dict_checked(model.policy, ckpt["policy_state_dict"], path, "policy weights")
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    model.dataset = sb.get("dataset") or config.get("dataset")
+    classes = sb.get("classes")
+    model.class_names = list(classes) if classes else None
     if map_location is not None and not callable(map_location):
         model.to(map_location)
     return model.eval()
@@ -181,6 +236,14 @@ def _seed_all(seed: int) -> None:
 
 def _setup_distributed(cfg: TrainConfig):
     """``(rank, world_size, device, initialised_here)``."""
+    if cfg.device.startswith("cuda"):
+        index = int(cfg.device.split(":")[1]) if ":" in cfg.device else 0
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= count:
+            raise ConfigError(
+                f"config key 'device': {cfg.device!r} but this machine has {count or 'no'} CUDA "
+                "device(s); use device=auto or device=cpu"
+            )
     initialised_here = False
     if dist.is_available() and not dist.is_initialized():
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -309,21 +372,176 @@ def train(config: TrainConfig | dict) -> dict:
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     cfg.validate()
+    cfg.check_trainable()
     rank, world, device, initialised_here = _setup_distributed(cfg)
+    progress = _Progress(Path(cfg.out_dir) / CHECKPOINT_NAME, cfg.epochs)
+    lock = None
     try:
-        return _train(cfg, rank, world, device)
+        lock = _claim_out_dir(cfg, rank, world)
+        return _train(cfg, rank, world, device, progress)
+    except KeyboardInterrupt:
+        raise progress.interrupted() from None
     finally:
+        _release_lock(lock)
         if initialised_here:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dict:
+class _Progress:
+    """How far a run got (for the Ctrl-C message)."""
+
+    def __init__(self, checkpoint: Path, epochs: int):
+        self.checkpoint, self.epochs = checkpoint, epochs
+        self.epoch: int | None = None  # running epoch, 1-based
+        self.saved = 0  # epoch held by the checkpoint
+
+    def interrupted(self) -> TrainingInterrupted:
+        where = (
+            f"in epoch {self.epoch} of {self.epochs}"
+            if self.epoch is not None
+            else "before the first epoch"
+        )
+        held = (
+            f"{self.checkpoint} holds epoch {self.saved}"
+            if self.saved
+            else f"no checkpoint written yet in {self.checkpoint.parent}"
+        )
+        return TrainingInterrupted(
+            f"training interrupted {where}; {held}: continue with resume=true",
+            epoch=self.epoch,
+            saved_epoch=self.saved,
+            checkpoint=self.checkpoint,
+            epochs=self.epochs,
+        )
+
+
+def _lock_out_dir(out_dir: Path):
+    """Take ``out_dir/train.lock`` (``fcntl.flock``) or raise naming the process holding it."""
+    if fcntl is None:
+        return None
+    f = open(out_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held until _release_lock
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = " ".join(f.read().split()) or "process unknown"
+        f.close()
+        raise OutputDirError(
+            f"out_dir {out_dir} is in use by another segblocks train ({holder}); wait for it "
+            "to finish or stop it, or choose another out_dir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n")
+    f.flush()
+    return f
+
+
+def _release_lock(f) -> None:
+    if f is None:
+        return
+    try:
+        f.seek(0)
+        f.truncate()
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        pass
+    finally:
+        f.close()
+
+
+def _prepare_out_dir(cfg: TrainConfig, out_dir: Path):
+    """Create and lock ``out_dir``; refuse a non-empty one without resume / overwrite."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirError(f"out_dir {out_dir} is a file, not a folder; choose another out_dir")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputDirError(
+            f"cannot create out_dir {out_dir}: {e.strerror or e}; choose another out_dir"
+        ) from None
+    lock = _lock_out_dir(out_dir)
+    try:
+        remove_stale_temp_files(out_dir / CHECKPOINT_NAME)
+        others = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_NAME)
+        if others and not (cfg.resume or cfg.overwrite):
+            shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+            raise OutputDirError(
+                f"out_dir {out_dir} is not empty ({shown}): continue that run with resume=true, "
+                "replace it with overwrite=true, or choose another out_dir"
+            )
+    except BaseException:
+        _release_lock(lock)
+        raise
+    return lock
+
+
+def _claim_out_dir(cfg: TrainConfig, rank: int, world: int):
+    """:func:`_prepare_out_dir` on rank 0; its error (if any) is raised on every rank."""
+    lock, err = None, None
+    if rank == 0:
+        try:
+            lock = _prepare_out_dir(cfg, Path(cfg.out_dir))
+        except SegBlocksError as e:
+            err = e
+    if world > 1:
+        box = [None if err is None else str(err)]
+        dist.broadcast_object_list(box, src=0)
+        if err is None and box[0] is not None:
+            err = OutputDirError(box[0])
+    if err is not None:
+        _release_lock(lock)
+        raise err
+    return lock
+
+
+def _clear_run(out_dir: Path) -> None:
+    """``overwrite=true``: delete the previous run's outputs (:data:`RUN_OUTPUTS`)."""
+    for name in RUN_OUTPUTS:
+        p = out_dir / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+_RESUME_HINT = "delete it to start over, or set resume=false overwrite=true"
+
+
+def _read_resume_checkpoint(cfg: TrainConfig, ckpt_path: Path) -> dict:
+    """The checkpoint to resume from, checked against the requested config."""
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu", hint=_RESUME_HINT)
+    need = ("policy_state_dict", "optimizer", "scheduler", "epoch", "global_step")
+    missing = [k for k in need if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {ckpt_path}: it has no training state ({', '.join(missing)} "
+            f"missing: a model-only checkpoint?); {_RESUME_HINT}"
+        )
+    stored = ckpt.get("config")
+    if isinstance(stored, dict):
+        check_resume_config(stored, cfg, ckpt_path)
+    done = int(ckpt["epoch"])
+    if done > cfg.epochs:
+        raise ConfigError(
+            f"resume=true: {ckpt_path} is at epoch {done}, beyond epochs={cfg.epochs}; set "
+            f"epochs >= {done} (with allow_config_change=[epochs]) or use a new out_dir"
+        )
+    return ckpt
+
+
+def _train(
+    cfg: TrainConfig, rank: int, world: int, device: torch.device, progress: _Progress
+) -> dict:
     is_main = rank == 0
     use_scaler = cfg.amp and device.type == "cuda"  # bfloat16 (CPU) needs no loss scaling
     out_dir = Path(cfg.out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = None
+    if cfg.resume and ckpt_path.exists():
+        ckpt = _read_resume_checkpoint(cfg, ckpt_path)
+        progress.saved = int(ckpt["epoch"])
 
     # Same initial weights on every rank (DDP broadcasts rank 0's anyway).
     _seed_all(cfg.seed)
@@ -351,9 +569,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     if cfg.iters_per_epoch is not None:
         iters = min(iters, int(cfg.iters_per_epoch))
     if iters < 1:
-        raise ValueError(
-            f"no full batch: {len(train_ds)} training images over {world} process(es) with "
-            f"batch_size {cfg.batch_size}"
+        raise ConfigError(
+            f"config key 'batch_size': {cfg.batch_size} is more than the {len(train_ds)} "
+            f"training image(s) over {world} process(es) give (no full batch); lower "
+            "batch_size or use more images"
         )
     total_steps = iters * cfg.epochs
 
@@ -373,14 +592,22 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     )
 
     start_epoch, global_step, history = 0, 0, []
-    if cfg.resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-        model.net.load_state_dict(ckpt["state_dict"])
-        model.policy.load_state_dict(ckpt["policy_state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
+    if ckpt is not None:
+        load_state_dict_checked(model.net, ckpt["state_dict"], ckpt_path, "network weights")
+        load_state_dict_checked(
+            model.policy, ckpt["policy_state_dict"], ckpt_path, "policy weights"
+        )
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            first = " ".join((str(e).strip().splitlines() or [type(e).__name__])[0].split())
+            raise CheckpointError(
+                f"cannot resume from {ckpt_path}: its optimizer state does not fit this run "
+                f"({first[:120]}); {_RESUME_HINT}"
+            ) from None
         start_epoch, global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
         history = list(ckpt.get("history") or [])
         states = ckpt.get("rng_states") or []
@@ -399,6 +626,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
             find_unused_parameters=cfg.find_unused_parameters,
         )
 
+    if is_main and cfg.overwrite:
+        _clear_run(out_dir)
     logger = _Logger(out_dir, is_main, start_epoch if cfg.resume else 0, cfg.tensorboard)
     if is_main:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -410,6 +639,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
 
     epoch_means: dict = history[-1]["train"] if history else {}
     for epoch in range(start_epoch, cfg.epochs):
+        progress.epoch = epoch + 1
         sampler.set_epoch(epoch)
         train_model.train()
         bar = None
@@ -467,6 +697,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
                     "policy": cfg.policy,
                     "policy_kwargs": _policy_kwargs(cfg),
                     "block_size": cfg.block_size,
+                    "dataset": cfg.dataset,
+                    "classes": [str(c) for c in getattr(train_base, "classes", ()) or ()],
                 },
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
@@ -478,6 +710,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
                 history=history,
                 config=cfg.to_dict(),
             )
+            progress.saved = epoch + 1
         if world > 1:
             dist.barrier()
 

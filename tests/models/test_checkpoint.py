@@ -108,3 +108,85 @@ def test_errors(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pth")
     with pytest.raises(ValueError, match="not a segblocks checkpoint"):
         load_model(tmp_path / "plain.pth")
+
+
+# ----------------------------------------------------------------- guarded loading (issue 9)
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    model = create_model("swiftnet_rn18", num_classes=3, decoder_width=16)
+    return save_checkpoint(model, tmp_path_factory.mktemp("c") / "good.pt", epoch=1)
+
+
+def test_bad_files_raise_one_line_errors_naming_them(small_ckpt, tmp_path):
+    from segblocks.errors import CheckpointError
+
+    data = small_ckpt.read_bytes()
+    cases = {
+        "truncated.pt": (data[: len(data) // 2], "truncated"),
+        "empty.pt": (b"", "empty"),
+        "random.pt": (bytes(range(256)) * 20, "truncated, corrupt or not a PyTorch file"),
+    }
+    for name, (content, what) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError) as e:
+            load_model(tmp_path / name)
+        msg = str(e.value)
+        assert name in msg and what in msg and "delete it" in msg and "\n" not in msg
+        assert "weights_only=False" not in msg
+    with pytest.raises(CheckpointError, match="missing.pt not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="set resume=false"):
+        load_checkpoint(tmp_path / "empty.pt", hint="set resume=false")
+    with pytest.raises(ValueError):  # CheckpointError is a ValueError
+        load_checkpoint(tmp_path / "random.pt")
+
+
+def test_trusted_objects_get_the_weights_only_hint(tmp_path):
+    from segblocks.errors import CheckpointError
+
+    torch.save({"model_name": "x", "state_dict": {}, "obj": _Opaque()}, tmp_path / "obj.pt")
+    with pytest.raises(CheckpointError, match=r"Python objects \(.*_Opaque\).*weights_only=False"):
+        load_checkpoint(tmp_path / "obj.pt")
+    assert isinstance(load_checkpoint(tmp_path / "obj.pt", weights_only=False)["obj"], _Opaque)
+
+
+class _Opaque:
+    pass
+
+
+def test_weights_of_another_model_or_class_count(small_ckpt, tmp_path):
+    from segblocks.errors import CheckpointError
+    from segblocks.models.checkpoint import load_state_dict_checked
+
+    other = create_model("swiftnet_rn18", num_classes=19, decoder_width=16)
+    sd = load_checkpoint(small_ckpt)["state_dict"]
+    with pytest.raises(CheckpointError, match=r"head.conv.weight \(3, 16, 1, 1\) in the file"):
+        load_state_dict_checked(other, sd, small_ckpt)
+    effl1 = create_model("swiftnet_effl1", num_classes=3)
+    with pytest.raises(CheckpointError, match=r"missing .*unexpected.*another model"):
+        load_state_dict_checked(effl1, sd, small_ckpt)
+    ckpt = load_checkpoint(small_ckpt)
+    ckpt["model_name"] = "swiftnet_vgg"
+    torch.save(ckpt, tmp_path / "renamed.pt")
+    with pytest.raises(CheckpointError, match="cannot rebuild its model 'swiftnet_vgg'"):
+        load_model(tmp_path / "renamed.pt")
+
+
+def test_normal_permissions_and_stale_temp_files(tmp_path):
+    import os
+
+    from segblocks.models.checkpoint import remove_stale_temp_files
+
+    model = create_model("swiftnet_effl1", num_classes=3)
+    path = save_checkpoint(model, tmp_path / "last.pt")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # mkstemp alone gives 0600
+    stale = [tmp_path / ".last.pt.abc123.tmp", tmp_path / ".last.pt.x.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    (tmp_path / ".other.pt.y.tmp").write_bytes(b"another checkpoint's")
+    assert sorted(remove_stale_temp_files(path)) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.y.tmp", "last.pt"]

@@ -106,3 +106,11 @@ def test_run_blocks_gives_stride4_logits_of_forward():
     assert logits.shape == (1, 5, 32, 64)
     up = F.interpolate(logits, size=(128, 256), mode="bilinear", align_corners=False)
     assert torch.equal(up, out.logits)
+
+
+@pytest.mark.parametrize("policy", ["learned", "random", "all_hr"])
+def test_empty_batch_is_a_clear_error(policy):
+    kw = {"tau": 0.5} if policy == "random" else {}
+    model = SegBlocksModel(_net("swiftnet_rn18"), policy, block_size=64, **kw).eval()
+    with pytest.raises(ValueError, match=r"empty batch: image shape \(0, 3, 128, 128\)"):
+        model(torch.zeros(0, 3, 128, 128))

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+import segblocks
 from segblocks.training.config import apply_overrides, load_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(segblocks.__file__).resolve().parent / "configs"  # packaged configs
 
 
 def test_load_config_and_overrides(tmp_path):
@@ -54,5 +55,5 @@ def test_shipped_configs_load(name):
 
 def test_amp_must_be_a_bool():
     assert load_config(None, ["amp=true"]).amp is True
-    with pytest.raises(ValueError, match="amp must be true or false"):
+    with pytest.raises(ValueError, match="'amp': 'bf16' must be true or false"):
         load_config(None, ["amp=bf16"])

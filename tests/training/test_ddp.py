@@ -11,11 +11,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import segblocks
 from segblocks.models import load_checkpoint
 
 from ..tiny import TINY
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(segblocks.__file__).resolve().parent / "configs"  # packaged configs
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import segblocks
 from segblocks.models import load_checkpoint
 from segblocks.training import trainer as trainer_mod
 from segblocks.training.config import TrainConfig, load_config
@@ -16,7 +17,7 @@ from segblocks.training.trainer import cosine_factor, load_segblocks, train
 
 from ..tiny import TINY
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(segblocks.__file__).resolve().parent / "configs"  # packaged configs
 
 
 def tiny_config(tmp_path, *extra) -> TrainConfig:
