@@ -100,15 +100,7 @@ class Store:
     __slots__ = ("flat", "pads", "side", "counts", "offsets", "rows", "halo")
 
     def __init__(self, grid: BlockGrid, side: int, pads, channels: int, dtype, device, trace=None):
-        pt, pb, pl, pr = pads
-        self.pads, self.side = pads, side
-        self.counts = tuple(grid.count(lv) for lv in LEVELS)
-        offsets, rows = [], 0
-        for lv in LEVELS:
-            offsets.append(rows)
-            b = side >> lv
-            rows += self.counts[lv] * (b + pt + pb) * (b + pl + pr)
-        self.offsets, self.rows = tuple(offsets), rows
+        rows = self._layout(grid, side, pads)
         device = torch.device(device)
         if trace is not None and device.type == "cpu" and inference_fast_path():
             self.flat = trace.profile.pool.get(rows + 1, channels, dtype, device)
@@ -120,18 +112,24 @@ class Store:
     def wrap(cls, flat: Tensor, grid: BlockGrid, side: int, pads) -> Store:
         """A store around an existing ``[rows + 1, C]`` buffer (e.g. an op's output)."""
         st = cls.__new__(cls)
+        rows = st._layout(grid, side, pads)
+        st.flat, st.halo = flat, None
+        if flat.shape[0] != rows + 1:
+            raise ValueError(f"store of {flat.shape[0]} rows, expected {rows + 1}")
+        return st
+
+    def _layout(self, grid: BlockGrid, side: int, pads) -> int:
+        """Set pads, side, per-level counts and row offsets; return the rows before the last."""
         pt, pb, pl, pr = pads
-        st.pads, st.side = pads, side
-        st.counts = tuple(grid.count(lv) for lv in LEVELS)
+        self.pads, self.side = pads, side
+        self.counts = tuple(grid.count(lv) for lv in LEVELS)
         offsets, rows = [], 0
         for lv in LEVELS:
             offsets.append(rows)
             b = side >> lv
-            rows += st.counts[lv] * (b + pt + pb) * (b + pl + pr)
-        st.offsets, st.rows, st.flat, st.halo = tuple(offsets), rows, flat, None
-        if flat.shape[0] != rows + 1:
-            raise ValueError(f"store of {flat.shape[0]} rows, expected {rows + 1}")
-        return st
+            rows += self.counts[lv] * (b + pt + pb) * (b + pl + pr)
+        self.offsets, self.rows = tuple(offsets), rows
+        return rows
 
     @property
     def rows_hr(self) -> int:
