@@ -130,8 +130,5 @@ class BufferPool:
                     self.buffers.remove(min(free, key=Tensor.numel))
         return best[:need].view(rows, channels)
 
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers)
-
     def clear(self) -> None:
         self.buffers.clear()

@@ -110,10 +110,6 @@ class BlockGrid:
         """Number of blocks at resolution ``level`` (0 = HR, 1 = LR)."""
         return (self.num_hr, self.num_lr)[level]
 
-    def level_cells(self, level: int) -> Tensor:
-        """Flat cell ids ``n*GH*GW + gy*GW + gx`` of the blocks at ``level``, ascending."""
-        return (self.hr_cells, self.lr_cells)[level]
-
     def __repr__(self) -> str:
         return (
             f"BlockGrid(N={self.N}, grid={self.GH}x{self.GW}, block_size={self.block_size}, "

@@ -368,7 +368,7 @@ def fill_halo(store: Store, grid: BlockGrid, mode: str, border: str, value: floa
         return
     plan = pad_plan(grid, store.side, store.pads, mode, border)
     kernels.halo_fill_(store.flat, *plan.tensors(), float(value))
-    store.halo = key if inference_fast_path() else None
+    store.halo = key  # only reached without autograd (see _padded_parts)
 
 
 def padded_parts(
