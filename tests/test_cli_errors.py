@@ -4,6 +4,7 @@ file / key / value and the fix, with no traceback (``--debug`` shows it)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -399,3 +400,18 @@ def test_yaml_syntax_error_names_the_file(tmp_path, capsys):
     one_line_error(capsys, f"config file {bad}: invalid YAML at line", "fix the YAML syntax")
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     one_line_error(capsys, "missing.yaml not found", "procedural_tiny")
+
+
+def test_eval_fresh_model_takes_the_datasets_classes(tmp_path, capsys):
+    root = tmp_path / "camvid"
+    for sub in ("val", "valannot"):
+        (root / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "val" / "a.png")
+    Image.fromarray(np.full((64, 64), 10, np.uint8)).save(root / "valannot" / "a.png")
+    js = tmp_path / "r.json"
+    argv = ["eval", "--dataset", "camvid", "--data-root", str(root), "--no-fps"]
+    assert main([*argv, "--block-size", "64", "--json", str(js)]) == 0
+    res = json.loads(js.read_text())
+    assert len(res["iou"]) == 11 and res["class_names"][10] == "Bicyclist"
+    assert main([*argv, "--num-classes", "9"]) == 2
+    one_line_error(capsys, "predicts 9 classes", "camvid has 11")

@@ -72,21 +72,40 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Options that pick the model of ``eval`` and ``infer`` (see :func:`load_model`)."""
     p.add_argument("--checkpoint", help="trainer checkpoint (segblocks train writes last.pt)")
     p.add_argument("--model", default="swiftnet_rn18", help="registry model without checkpoint")
-    p.add_argument("--num-classes", type=int, default=9, help="classes without checkpoint (9)")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        help="classes without checkpoint (default: the dataset's; 9 for procedural data)",
+    )
     p.add_argument(
         "--policy",
         choices=["dense", "all_hr", "all_lr", "random", "heuristic", "learned"],
         help="block policy (default: the checkpoint's; all_hr without checkpoint); 'dense' runs "
-        "the plain SwiftNet",
+        "the plain network on the same padded input",
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        help="with --policy dense: resize the input by this factor (static reduced resolution)",
     )
     p.add_argument("--hr-fraction", type=float, default=0.4, help="tau for random/heuristic")
     p.add_argument("--block-size", type=int, default=128, help="block side without checkpoint")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
 
-def load_model(args: argparse.Namespace):
+def _policy_kwargs(args: argparse.Namespace, policy: str) -> dict:
+    if policy in ("random", "heuristic"):
+        return {"tau": args.hr_fraction}
+    if policy == "dense" and getattr(args, "scale", None) is not None:
+        return {"scale": args.scale}
+    return {}
+
+
+def load_model(args: argparse.Namespace, num_classes: int | None = None):
     """The model of :func:`add_model_arguments`, in eval mode: a trainer checkpoint's
-    SegBlocksModel (``--policy`` overrides its policy) or a fresh registry model."""
+    SegBlocksModel (``--policy`` overrides its policy) or a fresh registry model with
+    ``--num-classes`` (default ``num_classes``, else 9). Every model is a SegBlocksModel, the
+    ``dense`` policy included, so that all pad their input the same way."""
     from segblocks.models import create_model
     from segblocks.models.segblocks_model import SegBlocksModel
 
@@ -95,20 +114,15 @@ def load_model(args: argparse.Namespace):
 
         model = load_segblocks(args.checkpoint)
         trained = {"dataset": model.dataset, "class_names": model.class_names}
-        if args.policy == "dense":
-            model = model.net
-        elif args.policy:  # override the trained policy (e.g. all_hr for the static baseline)
-            kw = {"tau": args.hr_fraction} if args.policy in ("random", "heuristic") else {}
+        if args.policy:  # override the trained policy (e.g. dense for the static baseline)
+            kw = _policy_kwargs(args, args.policy)
             model = SegBlocksModel(model.net, args.policy, model.block_size, **kw)
         for k, v in trained.items():  # what the checkpoint says about its data
             setattr(model, k, v)
         return model.eval()
-    net = create_model(args.model, num_classes=args.num_classes)
-    if args.policy == "dense":
-        return net.eval()
+    net = create_model(args.model, num_classes=args.num_classes or num_classes or 9)
     policy = args.policy or "all_hr"
-    kw = {"tau": args.hr_fraction} if policy in ("random", "heuristic") else {}
-    return SegBlocksModel(net, policy, args.block_size, **kw).eval()
+    return SegBlocksModel(net, policy, args.block_size, **_policy_kwargs(args, policy)).eval()
 
 
 def input_normalize(model):

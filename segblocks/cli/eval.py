@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from segblocks.evaluation import evaluate
 
     try:
-        model = load_model(args)
         ds = _dataset(args)
+        model = load_model(args, num_classes=getattr(ds, "num_classes", None))
     except (ValueError, FileNotFoundError, KeyError) as e:
         return fail("eval", e)
     k_model = getattr(getattr(model, "net", model), "num_classes", None)

@@ -221,7 +221,9 @@ def evaluate(
         max_images: evaluate only the first ``max_images`` images.
         fps: measure FPS (first half of the images warm up, the second half is timed).
         progress: show a tqdm progress bar.
-        num_classes: classes of the confusion matrix (default: the logits' channel count).
+        num_classes: classes of the confusion matrix (default: the dataset's ``num_classes``,
+            else the logits' channel count). Logits with another channel count raise
+            ``ValueError`` naming both numbers.
         dtype: cast the model (in place, like ``device``) and the images to this dtype, e.g.
             ``torch.bfloat16`` to run the network in bfloat16; ``None`` keeps the model's and
             feeds float32 images. Metrics use the argmax of the logits either way.
@@ -285,9 +287,16 @@ def evaluate(
                     logits = F.interpolate(
                         logits, size=(H, W), mode="bilinear", align_corners=False
                     )
-                K = num_classes or logits.shape[1]
+                K = num_classes or getattr(dataset, "num_classes", None) or logits.shape[1]
+                if logits.shape[1] != K:
+                    raise ValueError(
+                        f"the model predicts {logits.shape[1]} classes but the dataset "
+                        f"{type(dataset).__name__} has {K}; evaluate a model trained on this "
+                        "dataset (or with num_classes matching it)"
+                    )
                 if cm is None:
-                    cm = ConfusionMatrix(K, device=device)
+                    ignore = int(getattr(dataset, "ignore_index", 255))
+                    cm = ConfusionMatrix(K, device=device, ignore_index=ignore)
                     class_pix = torch.zeros(K, dtype=torch.long, device=device)
                     class_hr = torch.zeros(K, dtype=torch.long, device=device)
                 pred = logits.argmax(1)

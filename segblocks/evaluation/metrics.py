@@ -18,14 +18,18 @@ class ConfusionMatrix:
     """``matrix[t, p]`` counts pixels of true class ``t`` predicted as ``p``.
 
     Args:
-        num_classes: number of classes ``K``; labels outside ``[0, K)`` (e.g. 255) are ignored.
+        num_classes: number of classes ``K``.
         device: where the ``[K, K]`` int64 matrix lives.
+        ignore_index: the label of unlabelled pixels (skipped). Any other label outside
+            ``[0, K)`` raises ``ValueError``: it means the model and the dataset disagree on
+            the classes, and dropping those pixels would report a wrong mIoU.
     """
 
-    def __init__(self, num_classes: int, device=None):
+    def __init__(self, num_classes: int, device=None, ignore_index: int = 255):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
+        self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
 
     def reset(self) -> None:
@@ -44,6 +48,15 @@ class ConfusionMatrix:
         t = target.flatten().to(self.matrix.device)
         p = pred.flatten().to(self.matrix.device)
         keep = (t >= 0) & (t < K)
+        bad = ~keep & (t != self.ignore_index)
+        if bad.any():
+            top = int(t[bad].max())
+            raise ValueError(
+                f"label {top} is outside the {K} classes of this confusion matrix (labels "
+                f"0..{K - 1}, ignore {self.ignore_index}); the model predicts {K} classes but "
+                f"the dataset has at least {top + 1}: evaluate with the dataset's number of "
+                "classes (a model trained on it)"
+            )
         idx = t[keep] * K + p[keep].clamp(0, K - 1)
         self.matrix += torch.bincount(idx, minlength=K * K).view(K, K)
 

@@ -485,7 +485,12 @@ def count_macs_segblocks(model: SegBlocksModel, x, mask: Tensor | None = None) -
         x: a normalised image batch ``[N, 3, H, W]`` (or its shape), ``H`` and ``W`` multiples
             of ``model.block_size``.
         mask: ``[N, GH, GW]`` bool; ``None``: the model's policy decides it from ``x``.
+
+    With the ``dense`` policy the plain network is counted on its (resized) input.
     """
+    if model.dense:
+        xs = _make_input(model.net, x, None, torch.float32)
+        return count_macs_dense(model.net, model.dense_input(xs))
     return count_macs_blocks(
         model.net,
         x,

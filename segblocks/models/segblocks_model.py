@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..blocks import BlockSample, BlockTensor, DenseFallback, block_combine
-from ..policies import Policy, create_policy
+from ..policies import Dense, Policy, create_policy
 from .registry import create_model
 
 __all__ = ["SegBlocksModel", "SegBlocksOutput", "create_segblocks"]
@@ -61,9 +61,13 @@ class SegBlocksModel(nn.Module):
             (``"all_hr"``, ``"all_lr"``, ``"random"``, ``"heuristic"``, ``"learned"``, ...).
         block_size: block side in input pixels; a multiple of 2 x the network's total stride
             (64 for output stride 32, 32 for output stride 16).
-        pad_to_block: pad the input (bottom / right, with zeros = the mean colour of a
-            normalised image) to a multiple of the block size and crop the logits back. With
-            ``False`` a size that is not a multiple raises ``ValueError`` naming the size to use.
+        pad_to_block: pad the input (bottom / right) to a multiple of the block size and crop
+            the logits back. With ``False`` a size that is not a multiple raises
+            ``ValueError`` naming the size to use.
+        input_pad: how ``pad_to_block`` fills the added rows / columns: ``"replicate"``
+            (default: the edge pixels repeated, so that the border blocks see no artificial
+            edge; the padded pixels are cropped from the logits and never scored) or
+            ``"zeros"`` (the mean colour of a normalised image).
         pad_mode: BlockPad sampling of HR neighbours for LR halos (``"avg"``, ``"strided"``,
             ``"zero"``).
         combine: BlockCombine upsampling of LR blocks at stride 4 (``"nearest"``, paper; or
@@ -71,6 +75,10 @@ class SegBlocksModel(nn.Module):
         **policy_kwargs: passed to :func:`~segblocks.policies.create_policy` with a policy name.
 
     Input: normalised images ``[N, 3, H, W]`` (as the dense SwiftNet takes them).
+
+    With the ``dense`` policy (:class:`~segblocks.policies.Dense`) no block runs: the plain
+    network processes the padded image (resized by the policy's ``scale``), which makes static
+    baselines train and evaluate through the same padding, cropping and API.
 
     Example:
         >>> net = create_model("swiftnet_rn18", num_classes=19)
@@ -86,11 +94,14 @@ class SegBlocksModel(nn.Module):
         block_size: int = 128,
         *,
         pad_to_block: bool = True,
+        input_pad: str = "replicate",
         pad_mode: str = "avg",
         combine: str = "nearest",
         **policy_kwargs,
     ):
         super().__init__()
+        if input_pad not in ("replicate", "zeros"):
+            raise ValueError(f"input_pad {input_pad!r} must be 'replicate' or 'zeros'")
         stride = int(getattr(net, "output_stride", 32))
         if block_size % (2 * stride):
             raise ValueError(
@@ -113,6 +124,7 @@ class SegBlocksModel(nn.Module):
         self.policy = policy
         self.block_size = block_size
         self.pad_to_block = pad_to_block
+        self.input_pad = input_pad
         self.combine = combine
         self.sample = BlockSample(block_size, pad_mode)
         self.spp = DenseFallback(net.spp)
@@ -126,6 +138,34 @@ class SegBlocksModel(nn.Module):
                 f"{hp}x{wp}, or construct SegBlocksModel(..., pad_to_block=True)"
             )
         return hp, wp
+
+    @property
+    def dense(self) -> bool:
+        """``True`` with the ``dense`` policy: the plain network runs, no blocks."""
+        return isinstance(self.policy, Dense)
+
+    def pad_input(self, image: Tensor, hp: int, wp: int) -> Tensor:
+        """``image [N, 3, H, W]`` padded bottom / right to ``[N, 3, hp, wp]`` (``input_pad``)."""
+        H, W = image.shape[-2:]
+        if (hp, wp) == (H, W):
+            return image
+        pad = (0, wp - W, 0, hp - H)
+        if self.input_pad == "zeros":
+            return F.pad(image, pad)
+        return F.pad(image, pad, mode="replicate")
+
+    def dense_input(self, x: Tensor) -> Tensor:
+        """The network's input under the ``dense`` policy: ``x [N, 3, H, W]`` resized by the
+        policy's ``scale`` (unchanged at scale 1)."""
+        size = self.policy.scaled_size(*x.shape[-2:])
+        if size == tuple(x.shape[-2:]):
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+    def run_dense(self, x: Tensor) -> Tensor:
+        """The plain network on the (padded) image ``x [N, 3, H, W]``, resized by the
+        ``dense`` policy's scale; logits ``[N, classes, h, w]`` at the network's input size."""
+        return self.net(self.dense_input(x))
 
     def run_blocks(self, xb: BlockTensor) -> Tensor:
         """Run the network on a block-sampled image; dense logits at stride 4.
@@ -159,7 +199,7 @@ class SegBlocksModel(nn.Module):
                 "least one image of at least 1x1 pixels ([N >= 1, 3, H, W])"
             )
         hp, wp = self._padded_size(H, W)
-        x = image if (hp, wp) == (H, W) else F.pad(image, (0, wp - W, 0, hp - H))
+        x = self.pad_input(image, hp, wp)
         grid_shape = (hp // self.block_size, wp // self.block_size)
         if mask is None:
             pol = self.policy(x, grid_shape)
@@ -171,7 +211,10 @@ class SegBlocksModel(nn.Module):
                 f"mask of shape {tuple(mask.shape)} does not match the {grid_shape[0]}x"
                 f"{grid_shape[1]} grid of a {hp}x{wp} (padded) input with {N} image(s)"
             )
-        logits = self.run_blocks(self.sample(x, mask))
+        if self.dense:
+            logits = self.run_dense(x)
+        else:
+            logits = self.run_blocks(self.sample(x, mask))
         logits = F.interpolate(logits, size=(hp, wp), mode="bilinear", align_corners=False)
         if (hp, wp) != (H, W):
             logits = logits[:, :, :H, :W]

@@ -2,6 +2,7 @@
 
 Every policy is an ``nn.Module`` called as ``policy(image, (GH, GW)) -> PolicyOutput``:
 
+- ``dense``: :class:`Dense`, no blocks: the plain network (optionally on a resized image);
 - ``all_hr`` / ``all_lr``: :class:`AllHR`, :class:`AllLR`;
 - ``fixed``: :class:`FixedMask`, a given mask;
 - ``random``: :class:`RandomPolicy`, exactly ``round(tau * B)`` random HR blocks per image;
@@ -13,7 +14,7 @@ Build one by name with :func:`create_policy`.
 
 from .base import POLICIES, Policy, PolicyOutput, create_policy, num_hr_blocks, register_policy
 from .learned import LearnedPolicy, conv_stack_macs
-from .simple import AllHR, AllLR, FixedMask, HeuristicPolicy, RandomPolicy
+from .simple import AllHR, AllLR, Dense, FixedMask, HeuristicPolicy, RandomPolicy
 
 __all__ = [
     "Policy",
@@ -23,6 +24,7 @@ __all__ = [
     "register_policy",
     "num_hr_blocks",
     "conv_stack_macs",
+    "Dense",
     "AllHR",
     "AllLR",
     "FixedMask",

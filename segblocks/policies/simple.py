@@ -16,7 +16,41 @@ from .base import (
     register_policy,
 )
 
-__all__ = ["AllHR", "AllLR", "FixedMask", "RandomPolicy", "HeuristicPolicy"]
+__all__ = ["Dense", "AllHR", "AllLR", "FixedMask", "RandomPolicy", "HeuristicPolicy"]
+
+
+@register_policy("dense")
+class Dense(Policy):
+    """No block execution: :class:`~segblocks.models.segblocks_model.SegBlocksModel` runs the
+    plain network on the whole (padded) image, resized by ``scale`` first.
+
+    This is the static baseline. Its mask is all-HR (every pixel is processed, at the
+    network's input scale); ``scale < 1`` gives the static reduced-resolution network: the
+    image is resized by ``scale`` (bilinear, antialiased), the network runs on it and its
+    logits are upsampled back, so it trains and evaluates on the same full-resolution labels
+    as every other model.
+
+    Args:
+        scale: input resize factor in (0, 2] (1 = full resolution).
+    """
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        scale = float(scale)
+        if not 0.0 < scale <= 2.0:
+            raise ValueError(f"dense policy scale {scale:g} must be in (0, 2]; 1 = full resolution")
+        self.scale = scale
+
+    def decide(self, image, grid_shape):
+        mask = _empty_like_grid(image, grid_shape, True)
+        return PolicyOutput.from_mask(mask, probs=mask.float())
+
+    def scaled_size(self, h: int, w: int) -> tuple[int, int]:
+        """The network's input size for a ``h x w`` (padded) image."""
+        return max(1, round(h * self.scale)), max(1, round(w * self.scale))
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:g}"
 
 
 @register_policy("all_hr")

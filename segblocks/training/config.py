@@ -86,9 +86,14 @@ class TrainConfig:
             ``output_stride``, ``decoder_width``, ...).
         decoder_bn_momentum, spp_bn_momentum: BN momentum of the new layers; ``None`` keeps
             the SegBlocks defaults (0.02 / 0.005); raise them (e.g. 0.1) for short runs.
-        policy: ``all_hr`` (static baseline), ``all_lr``, ``random``, ``heuristic``, ``learned``.
+        policy: ``dense`` (static baseline: the plain network, ``policy_kwargs.scale`` < 1 for
+            a reduced resolution), ``all_hr`` (the network in blocks), ``all_lr``, ``random``,
+            ``heuristic``, ``learned``.
         policy_kwargs: policy constructor arguments (``tau`` is filled in for ``random`` and
             ``heuristic`` unless given; ``block_size`` for ``learned``).
+        init_from: warm start: a trainer checkpoint (``last.pt``) whose network weights
+            initialise this run's network (the policy and optimizer start fresh); ``None``
+            trains from the backbone's ImageNet weights.
         tau: target fraction of high-resolution blocks (hybrid loss); block_size: block side,
             a multiple of 2 x the network's output stride.
     Data:
@@ -103,7 +108,9 @@ class TrainConfig:
             jitter: brightness / contrast / saturation strength (0 disables); hflip: random
             horizontal flips.
     Optimisation:
-        batch_size (per process), epochs, lr (> 0), min_lr (cosine end, <= lr),
+        batch_size (per process), epochs (0 with ``init_from``: no training, the network is
+            saved with this config's policy and evaluated, e.g. the heuristic policy on a
+            trained static network), lr (> 0), min_lr (cosine end, <= lr),
         backbone_lr_mult (lr and weight decay factor of the backbone), weight_decay, criterion
         (``ce`` / ``bootstrap``), beta / gamma (hybrid loss weights), iters_per_epoch (cap,
         ``None`` = full epoch).
@@ -127,6 +134,7 @@ class TrainConfig:
     spp_bn_momentum: float | None = None
     policy: str = "learned"
     policy_kwargs: dict = field(default_factory=dict)
+    init_from: str | None = None
     tau: float = 0.4
     block_size: int = 128
     # data
@@ -177,13 +185,21 @@ class TrainConfig:
 
     def check_trainable(self) -> None:
         """The checks that only matter for training (``train`` runs them after
-        :meth:`validate`): random scaling needs a crop, so that the images of a batch match.
+        :meth:`validate`): random scaling needs a crop, so that the images of a batch match;
+        ``init_from`` must exist.
         The defaults (scale 0.5-2, no crop) do not pass: a training config sets a crop."""
         if (self.scale_min, self.scale_max) != (1.0, 1.0) and self.crop_size is None:
             raise ConfigError(
                 f"config key 'crop_size': random scaling (scale_min {self.scale_min:g}, "
                 f"scale_max {self.scale_max:g}) needs a crop so that the images of a batch "
                 "match; set crop_size (e.g. crop_size=[512, 512]) or scale_min=1 scale_max=1"
+            )
+        if self.init_from is not None and not Path(self.init_from).is_file():
+            raise _bad(
+                "init_from",
+                self.init_from,
+                "is not a file (train the run it names first)",
+                "give the last.pt of a finished run, or init_from=null",
             )
 
     def to_dict(self) -> dict:
@@ -376,6 +392,7 @@ def _choice_int(key, v, choices):
 
 
 _POLICY_CHECKS = {
+    "dense": {"scale": lambda k, v: _float(k, v, 0, 2, lo_open=True, example=0.75)},
     "learned": {
         "block_size": lambda k, v: _int(k, v, lo=1, example=128),
         "width": lambda k, v: _int(k, v, lo=1, hi=4096, example=64),
@@ -485,6 +502,14 @@ def _validate(cfg: TrainConfig) -> None:
         )
     _choice("policy", cfg.policy, sorted(POLICIES))
     _check_policy_kwargs(cfg)
+    cfg.init_from = _text("init_from", cfg.init_from, none_ok=True)
+    if cfg.epochs == 0 and cfg.init_from is None:
+        raise _bad(
+            "epochs",
+            0,
+            "trains nothing and needs init_from (the network to wrap with this policy)",
+            "set init_from=runs/NAME/last.pt, or epochs >= 1",
+        )
 
     # data
     _choice("dataset", cfg.dataset, DATASETS)
@@ -520,7 +545,7 @@ def _validate(cfg: TrainConfig) -> None:
 
     # optimisation
     cfg.batch_size = _int("batch_size", cfg.batch_size, lo=1, example=8)
-    cfg.epochs = _int("epochs", cfg.epochs, lo=1, example=10)
+    cfg.epochs = _int("epochs", cfg.epochs, lo=0, example=10)
     cfg.lr = _float("lr", cfg.lr, 0, lo_open=True, example=4e-4)
     cfg.min_lr = _float("min_lr", cfg.min_lr, 0, example=1e-6)
     if cfg.min_lr > cfg.lr:
@@ -654,9 +679,16 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
 
 
 def packaged_configs() -> list[str]:
-    """Names of the configs shipped in ``segblocks/configs`` (without ``.yaml``)."""
+    """Names of the configs shipped in ``segblocks/configs`` (without ``.yaml``); those in a
+    sub-folder are named ``folder/name`` (e.g. ``camvid/static_full``)."""
     root = importlib.resources.files("segblocks") / "configs"
-    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+    names = []
+    for p in root.iterdir():
+        if p.name.endswith(".yaml"):
+            names.append(p.name[: -len(".yaml")])
+        elif p.is_dir():
+            names += [f"{p.name}/{q.name[:-5]}" for q in p.iterdir() if q.name.endswith(".yaml")]
+    return sorted(names)
 
 
 def packaged_config_path(name: str):
@@ -669,7 +701,7 @@ def packaged_config_path(name: str):
             f"no packaged config {name!r}{did_you_mean(stem, names)}; packaged configs: "
             f"{', '.join(names)}"
         )
-    return importlib.resources.files("segblocks") / "configs" / f"{stem}.yaml"
+    return importlib.resources.files("segblocks").joinpath("configs", *f"{stem}.yaml".split("/"))
 
 
 def _read_config_text(path) -> tuple[str, str]:
@@ -687,7 +719,7 @@ def _read_config_text(path) -> tuple[str, str]:
     if p.exists():
         raise ConfigError(f"config {p} is not a file; give a YAML file")
     name = str(path)
-    if "/" not in name and "\\" not in name:
+    if "\\" not in name:
         stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
         if stem in packaged_configs():
             return packaged_config_path(stem).read_text(encoding="utf-8"), f"{stem}.yaml"

@@ -592,6 +592,9 @@ def _train(
     )
 
     start_epoch, global_step, history = 0, 0, []
+    if ckpt is None and cfg.init_from:
+        init = load_checkpoint(cfg.init_from, map_location=device)
+        load_state_dict_checked(model.net, init["state_dict"], cfg.init_from, "network weights")
     if ckpt is not None:
         load_state_dict_checked(model.net, ckpt["state_dict"], ckpt_path, "network weights")
         load_state_dict_checked(
@@ -636,6 +639,30 @@ def _train(
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         tqdm = None
+
+    def _save(done: int, states: list) -> None:
+        save_checkpoint(
+            model.net,
+            ckpt_path,
+            policy_state_dict=model.policy.state_dict(),
+            segblocks={
+                "policy": cfg.policy,
+                "policy_kwargs": _policy_kwargs(cfg),
+                "block_size": cfg.block_size,
+                "dataset": cfg.dataset,
+                "classes": [str(c) for c in getattr(train_base, "classes", ()) or ()],
+            },
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            scaler=scaler.state_dict() if use_scaler else {},
+            epoch=done,
+            global_step=global_step,
+            rng_states=states,
+            sampler_epoch=done,
+            history=history,
+            config=cfg.to_dict(),
+        )
+        progress.saved = done
 
     epoch_means: dict = history[-1]["train"] if history else {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -689,30 +716,12 @@ def _train(
             states = [None] * world
             dist.all_gather_object(states, _rng_state())
         if is_main:
-            save_checkpoint(
-                model.net,
-                ckpt_path,
-                policy_state_dict=model.policy.state_dict(),
-                segblocks={
-                    "policy": cfg.policy,
-                    "policy_kwargs": _policy_kwargs(cfg),
-                    "block_size": cfg.block_size,
-                    "dataset": cfg.dataset,
-                    "classes": [str(c) for c in getattr(train_base, "classes", ()) or ()],
-                },
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict() if use_scaler else {},
-                epoch=epoch + 1,
-                global_step=global_step,
-                rng_states=states,
-                sampler_epoch=epoch + 1,
-                history=history,
-                config=cfg.to_dict(),
-            )
-            progress.saved = epoch + 1
+            _save(epoch + 1, states)
         if world > 1:
             dist.barrier()
+
+    if cfg.epochs == 0 and is_main:  # init_from wrapped with this config's policy, untrained
+        _save(0, [_rng_state()])
 
     val_metrics = None
     if val_ds is not None and len(val_ds) > 0:

@@ -34,3 +34,11 @@ def test_logits_accumulate_and_absent_classes_are_nan():
     assert cm.matrix.sum() == 0
     with pytest.raises(ValueError, match="shape"):
         cm.update(torch.zeros(1, 2, 2), torch.zeros(1, 3, 3))
+
+
+def test_labels_outside_the_classes_raise_but_ignore_is_skipped():
+    cm = ConfusionMatrix(3, ignore_index=255)
+    cm.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.tensor([[[0, 255], [1, 2]]]))
+    assert int(cm.matrix.sum()) == 3
+    with pytest.raises(ValueError, match="label 7 is outside the 3 classes"):
+        cm.update(torch.zeros(1, 1, 2, dtype=torch.long), torch.tensor([[[7, 1]]]))

@@ -114,3 +114,42 @@ def test_empty_batch_is_a_clear_error(policy):
     model = SegBlocksModel(_net("swiftnet_rn18"), policy, block_size=64, **kw).eval()
     with pytest.raises(ValueError, match=r"empty batch: image shape \(0, 3, 128, 128\)"):
         model(torch.zeros(0, 3, 128, 128))
+
+
+@pytest.mark.parametrize("input_pad", ["replicate", "zeros"])
+def test_dense_policy_is_the_plain_network_on_the_padded_input(input_pad):
+    from segblocks.measuring.macs import count_macs_dense, count_macs_segblocks
+
+    net = _net("swiftnet_rn18")
+    x = torch.randn(2, 3, 100, 200)
+    mode = "replicate" if input_pad == "replicate" else "constant"
+    xp = F.pad(x, (0, 56, 0, 28), mode=mode)
+    dense = SegBlocksModel(net, "dense", block_size=64, input_pad=input_pad).eval()
+    blocks = SegBlocksModel(net, "all_hr", block_size=64, input_pad=input_pad).eval()
+    with torch.no_grad():
+        ref = F.interpolate(net(xp), size=(128, 256), mode="bilinear")[:, :, :100, :200]
+        out = dense(x)
+        out_blocks = blocks(x)
+    assert out.grid.all() and out.probs is not None and out.log_probs is None
+    assert torch.allclose(out.logits, ref, atol=1e-5)
+    assert _rel(out_blocks.logits, out.logits) < 1e-5  # all-HR blocks == dense, same padding
+    assert count_macs_segblocks(dense, xp[:1]).total == count_macs_dense(net, xp[:1]).total
+
+
+def test_dense_policy_at_reduced_scale():
+    from segblocks.measuring.macs import count_macs_dense, count_macs_segblocks
+
+    net = _net("swiftnet_rn18")
+    model = SegBlocksModel(net, "dense", block_size=64, scale=0.5).eval()
+    x = torch.randn(1, 3, 128, 256)
+    small = F.interpolate(x, size=(64, 128), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        ref = F.interpolate(net(small), size=(128, 256), mode="bilinear")
+        out = model(x)
+    assert out.logits.shape == (1, 5, 128, 256)
+    assert torch.allclose(out.logits, ref, atol=1e-5)
+    assert count_macs_segblocks(model, x).total == count_macs_dense(net, small).total
+    with pytest.raises(ValueError, match="scale 0 must be in"):
+        SegBlocksModel(net, "dense", block_size=64, scale=0)
+    with pytest.raises(ValueError, match="input_pad 'reflect'"):
+        SegBlocksModel(net, "dense", block_size=64, input_pad="reflect")

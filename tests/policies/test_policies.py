@@ -23,7 +23,7 @@ from segblocks.policies import (
     num_hr_blocks,
 )
 
-ALL_NAMES = ["all_hr", "all_lr", "fixed", "random", "heuristic", "learned"]
+ALL_NAMES = ["dense", "all_hr", "all_lr", "fixed", "random", "heuristic", "learned"]
 
 
 def _make(name, grid, block):

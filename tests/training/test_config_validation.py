@@ -25,6 +25,14 @@ BASE = yaml.safe_load(packaged_config_path("procedural_tiny").read_text())
 
 def test_packaged_configs_by_name_and_path():
     assert packaged_configs() == [
+        "camvid/heuristic_tau02",
+        "camvid/heuristic_tau04",
+        "camvid/segblocks_tau02",
+        "camvid/segblocks_tau04",
+        "camvid/static_05",
+        "camvid/static_075",
+        "camvid/static_full",
+        "camvid/static_full_ft",
         "camvid_rn18",
         "cityscapes_rn18",
         "mapillary_effl1",
@@ -296,3 +304,12 @@ def test_fuzz_500_configs():
             assert _same(value, getattr(cfg, key)), (i, key, value, getattr(cfg, key))
         accepted += 1
     assert accepted >= 50 and rejected >= 200, (accepted, rejected)
+
+
+def test_init_from_and_zero_epochs(tmp_path):
+    with pytest.raises(ConfigError, match="'epochs': 0 trains nothing and needs init_from"):
+        load_config("procedural_tiny", ["epochs=0"])
+    cfg = load_config("procedural_tiny", [f"init_from={tmp_path / 'missing.pt'}"])
+    with pytest.raises(ConfigError, match="'init_from': .* is not a file"):
+        cfg.check_trainable()
+    assert load_config("camvid/static_075").policy_kwargs == {"scale": 0.75}
