@@ -2,9 +2,10 @@
 
 :func:`run_demo` (the default demo). On 2 CPU cores in about 10 minutes, with no files or downloads:
 
-1. trains a static SwiftNet-RN18 (all blocks high-res) and SegBlocks-RN18 (learned policy,
-   tau = 0.4, 64-px blocks) with the same recipe (the packaged ``procedural_tiny`` config: random
-   scale 0.5-2, crop, jitter, flip, Adam + cosine, hybrid REINFORCE loss);
+1. trains a static SwiftNet-RN18 (the plain network: ``dense`` policy) and SegBlocks-RN18
+   (learned policy, tau = 0.4, 64-px blocks) with the same recipe (the packaged
+   ``procedural_tiny`` config: random scale 0.5-2, crop, jitter, flip, Adam + cosine, hybrid
+   REINFORCE loss);
 2. evaluates on held-out scenes: the static network at full resolution, the same network at
    0.625x resolution (the static reduced-resolution baseline; its training saw scales 0.5-2),
    and SegBlocks: mIoU, GMACs per image and CPU latency;
@@ -28,27 +29,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-__all__ = ["run_demo", "run_engine_demo", "Resized"]
+__all__ = ["run_demo", "run_engine_demo"]
 
 #: the packaged training config of the demo (``segblocks/configs/procedural_tiny.yaml``)
 CONFIG_NAME = "procedural_tiny"
 ENGINE_DEMO_FRACS = (0.2, 0.4, 0.6, 1.0)
 TRUNK_STRIDE = 32  # resnet18's last stage; LR blocks there must still be >= 1 pixel
-
-
-class Resized(nn.Module):
-    """A dense network run at ``scale`` x the input resolution, logits upsampled back."""
-
-    def __init__(self, net: nn.Module, scale: float):
-        super().__init__()
-        self.net, self.scale = net, scale
-
-    def forward(self, x):
-        h, w = x.shape[-2:]
-        small = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return F.interpolate(self.net(small), size=(h, w), mode="bilinear", align_corners=False)
 
 
 def _overrides(out: Path, policy: str, epochs: int, seed: int) -> list[str]:
@@ -112,13 +99,14 @@ def run_demo(
         save_hr_histogram,
         save_miou_vs_gmacs,
     )
+    from segblocks.models.segblocks_model import SegBlocksModel
     from segblocks.training import load_config, load_segblocks, train
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     runs = {}
-    for name, policy in (("static", "all_hr"), ("segblocks", "learned")):
+    for name, policy in (("static", "dense"), ("segblocks", "learned")):
         print(f"[demo] training {name} ({policy} policy, {epochs} epochs) ...", flush=True)
         ovr = _overrides(out / f"train_{name}", policy, epochs, seed) + list(overrides or [])
         cfg = load_config(CONFIG_NAME, ovr)
@@ -131,9 +119,10 @@ def run_demo(
     seg = load_segblocks(runs["segblocks"][0]["checkpoint"])
     net = static.net.eval()
     norm = Normalize(net.input_mean, net.input_std)
+    bs = cfg.block_size
     models = {
-        "SwiftNet-RN18 (static, 256x512)": net,
-        "SwiftNet-RN18 (static, 160x320)": Resized(net, 0.625).eval(),
+        "SwiftNet-RN18 (static, 256x512)": static,
+        "SwiftNet-RN18 (static, 160x320)": SegBlocksModel(net, "dense", bs, scale=0.625).eval(),
         "SegBlocks-RN18 (learned, tau 0.4)": seg,
     }
     results = {}
