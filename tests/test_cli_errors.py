@@ -415,3 +415,26 @@ def test_eval_fresh_model_takes_the_datasets_classes(tmp_path, capsys):
     assert len(res["iou"]) == 11 and res["class_names"][10] == "Bicyclist"
     assert main([*argv, "--num-classes", "9"]) == 2
     one_line_error(capsys, "predicts 9 classes", "camvid has 11")
+
+
+def test_export_half_precision_rebuilds_the_model(run_dir, tmp_path, images, capsys):
+    from segblocks.training import load_segblocks
+
+    out = tmp_path / "exp" / "model.pt"
+    assert main(["export", str(run_dir / "last.pt"), str(out)]) == 0
+    assert "MiB" in capsys.readouterr().out
+    ck = torch.load(out, weights_only=True)
+    assert "optimizer" not in ck and "rng_states" not in ck
+    floats = [v for v in ck["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    full, half = load_segblocks(run_dir / "last.pt"), load_segblocks(out)
+    assert half.policy.name == full.policy.name and half.block_size == full.block_size
+    assert next(half.net.parameters()).dtype == torch.float32
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        a, b = full(x).logits, half(x).logits
+    assert ((a - b).norm() / a.norm()).item() < 1e-2
+    argv = ["eval", "--checkpoint", str(out), *EVAL]
+    assert main(argv) == 0
+    assert main(["infer", str(images), str(tmp_path / "o"), "--checkpoint", str(out)]) == 0
+    assert main(["export", str(run_dir / "missing.pt"), str(out)]) == 2

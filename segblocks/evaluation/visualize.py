@@ -19,6 +19,7 @@ __all__ = [
     "save_decision_figure",
     "save_hr_histogram",
     "save_miou_vs_gmacs",
+    "save_miou_vs_cost",
 ]
 
 HR_TINT = np.array([255, 40, 40], dtype=np.float32)  # red tint / outline of HR blocks
@@ -171,12 +172,21 @@ def save_miou_vs_gmacs(path, runs, title: str | None = None) -> Path:
     <= 1 are shown as percent). Runs with the same ``group`` key (default: the name up to the
     first space or ``@``) are joined by a line, sorted by GMACs.
     """
+    return save_miou_vs_cost(
+        path, runs, "gmacs", "GMACs per image", title or "mIoU vs. computational cost"
+    )
+
+
+def save_miou_vs_cost(path, runs, x_key: str, x_label: str, title: str | None = None) -> Path:
+    """mIoU versus any cost ``run[x_key]`` (e.g. ``"latency_ms"``), drawn as
+    :func:`save_miou_vs_gmacs` draws GMACs; runs without a finite cost are left out."""
     plt = _plt()
     runs = list(runs)
     for r in runs:
-        missing = {"name", "gmacs", "miou"} - set(r)
+        missing = {"name", x_key, "miou"} - set(r)
         if missing:
             raise ValueError(f"run {r!r} lacks {sorted(missing)}")
+    runs = [r for r in runs if r[x_key] is not None and np.isfinite(float(r[x_key]))]
     scale = 100.0 if runs and all(float(r["miou"]) <= 1.0 for r in runs) else 1.0
     groups: dict[str, list] = {}
     for r in runs:
@@ -184,20 +194,20 @@ def save_miou_vs_gmacs(path, runs, title: str | None = None) -> Path:
         groups.setdefault(key, []).append(r)
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
     for key, rs in groups.items():
-        rs = sorted(rs, key=lambda r: float(r["gmacs"]))
-        xs = [float(r["gmacs"]) for r in rs]
+        rs = sorted(rs, key=lambda r: float(r[x_key]))
+        xs = [float(r[x_key]) for r in rs]
         ys = [scale * float(r["miou"]) for r in rs]
         ax.plot(xs, ys, marker="o", label=key)
         for r, x, y in zip(rs, xs, ys, strict=True):
             ax.annotate(
                 str(r["name"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
             )
-    ax.set_xlabel("GMACs per image")
+    ax.set_xlabel(x_label)
     ax.set_ylabel("mIoU (%)")
     ax.grid(True, alpha=0.3)
     if groups:
         ax.legend(fontsize=8)
-    ax.set_title(title or "mIoU vs. computational cost", fontsize=10)
+    ax.set_title(title or f"mIoU vs. {x_label}", fontsize=10)
     fig.tight_layout()
     return _save(fig, path, plt)
 

@@ -40,6 +40,7 @@ __all__ = [
     "load_state_dict_checked",
     "model_from_checkpoint",
     "remove_stale_temp_files",
+    "export_checkpoint",
 ]
 
 FORMAT = "segblocks-checkpoint"
@@ -97,6 +98,43 @@ def save_checkpoint(model: nn.Module, path, **extra) -> Path:
             pass
         raise
     return path
+
+
+#: what :func:`export_checkpoint` keeps besides the model (training state is dropped)
+EXPORT_KEYS = ("segblocks", "policy_state_dict", "config", "epoch", "global_step", "history")
+
+
+def _cast_floats(state: dict, dtype: torch.dtype) -> dict:
+    return {
+        k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        for k, v in state.items()
+    }
+
+
+def export_checkpoint(src, dst, dtype: torch.dtype = torch.float16) -> Path:
+    """A small deployable copy of a (trainer) checkpoint: the model, the SegBlocks policy and
+    its weights, the training config and history, with floating-point weights cast to
+    ``dtype``; the optimizer, scheduler and RNG states are dropped.
+
+    The export rebuilds its model from the file alone (:func:`load_model`,
+    :func:`segblocks.training.load_segblocks`), which loads the weights back into float32
+    modules. Half precision halves the file; weights lose precision below ~1e-3 relative.
+
+    Args:
+        src: checkpoint written by :func:`save_checkpoint` (e.g. a run's ``last.pt``).
+        dst: file to write.
+        dtype: ``torch.float16`` (default), ``torch.bfloat16`` or ``torch.float32``.
+    """
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"export dtype {dtype} must be float16, bfloat16 or float32")
+    ckpt = load_checkpoint(src)
+    extra = {k: ckpt[k] for k in EXPORT_KEYS if k in ckpt}
+    if isinstance(extra.get("policy_state_dict"), dict):
+        extra["policy_state_dict"] = _cast_floats(extra["policy_state_dict"], dtype)
+    extra["exported_from"] = {"file": Path(src).name, "dtype": str(dtype).removeprefix("torch.")}
+    model = model_from_checkpoint(ckpt, src)
+    model.load_state_dict(_cast_floats(model.state_dict(), dtype), strict=True, assign=True)
+    return save_checkpoint(model, dst, **extra)
 
 
 def _umask() -> int:

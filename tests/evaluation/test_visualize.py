@@ -74,3 +74,17 @@ def test_save_files(tmp_path):
     _check_png(save_miou_vs_gmacs(tmp_path / "fig7.png", runs), (550, 400))
     with pytest.raises(ValueError, match="miou"):
         save_miou_vs_gmacs(tmp_path / "bad.png", [{"name": "x", "gmacs": 1.0}])
+
+
+def test_miou_vs_cost_skips_runs_without_a_cost(tmp_path):
+    from segblocks.evaluation.visualize import save_miou_vs_cost
+
+    runs = [
+        {"name": "a", "miou": 0.5, "latency_ms": 10.0},
+        {"name": "b", "miou": 0.6, "latency_ms": None},
+        {"name": "c", "miou": 0.7, "latency_ms": 20.0, "group": "x"},
+    ]
+    p = save_miou_vs_cost(tmp_path / "l.png", runs, "latency_ms", "latency (ms)")
+    assert p.stat().st_size > 1000
+    with pytest.raises(ValueError, match="lacks"):
+        save_miou_vs_cost(tmp_path / "m.png", [{"name": "a", "miou": 0.5}], "latency_ms", "ms")
