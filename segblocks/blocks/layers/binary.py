@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ..dispatch import UnsupportedBlockOp, register_block_op
+from ..sample import split_dense
 from ..tensor import BlockTensor, inference_fast_path
 from .common import map_parts, no_pending, operand_parts
 
@@ -91,13 +92,30 @@ def _cat(tensors, dim=0, *, out=None):
         raise UnsupportedBlockOp(
             f"torch.cat along dim {dim}: block tensors concatenate along channels (dim=1) only"
         )
-    x = tensors[0]
-    if not all(isinstance(t, BlockTensor) for t in tensors):
-        raise ValueError("torch.cat mixes block tensors and dense tensors; sample them first")
+    x = next(t for t in tensors if isinstance(t, BlockTensor))
+    # A dense map of the same size (e.g. ASPP's pooled branch upsampled to the map size) is
+    # split on the grid like the input image: HR blocks exact, LR blocks its 2x2 average.
+    tensors = [t if isinstance(t, BlockTensor) else _sample_like(x, t) for t in tensors]
     for t in tensors[1:]:
         operand_parts(x, t, "cat")
     parts = [torch.cat([t.parts[lv] for t in tensors], 1) for lv in range(len(x.parts))]
     return x.derive(parts)
+
+
+def _sample_like(x: BlockTensor, t) -> BlockTensor:
+    if not isinstance(t, Tensor) or t.dim() != 4:
+        raise ValueError(
+            f"torch.cat of a block tensor with {type(t).__name__} "
+            f"{tuple(getattr(t, 'shape', ()))}; give block tensors or dense [N, C, H, W] maps"
+        )
+    g = x.grid
+    if t.shape[0] != g.N or tuple(t.shape[-2:]) != (g.GH * x.side, g.GW * x.side):
+        raise ValueError(
+            f"torch.cat of a block tensor (map {g.GH * x.side}x{g.GW * x.side}, {g.N} image(s)) "
+            f"with a dense tensor of shape {tuple(t.shape)}; the dense map must have the block "
+            "tensor's batch and spatial size"
+        )
+    return split_dense(t.to(x.dtype), g, x.side, pad_mode=x.pad_mode)
 
 
 @register_block_op(torch.clone, Tensor.clone)

@@ -90,9 +90,12 @@ def operand_parts(x: BlockTensor, other, op: str) -> list:
                 "split the dense tensor with block_sample(...) using the same grid first"
             )
         if other.dim() == 4 and other.shape[0] != 1:
-            raise ValueError(
-                f"'{op}' with a per-image tensor of shape {tuple(other.shape)} is not supported "
-                "on block tensors (blocks of all images share one batch)"
-            )
+            if other.shape[0] != x.grid.N:
+                raise ValueError(
+                    f"'{op}' with a per-image tensor of shape {tuple(other.shape)} but the block "
+                    f"tensor holds {x.grid.N} image(s); give [{x.grid.N}, C, 1, 1] or [1, C, 1, 1]"
+                )
+            # Per-image values (e.g. squeeze-excitation gates): each block gets its image's.
+            return [other[x.grid.cells(lv == 0)[0].to(other.device)] for lv in range(n)]
         return [other] * n
     raise UnsupportedBlockOp(f"'{op}' with an operand of type {type(other).__name__}")
