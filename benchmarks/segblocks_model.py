@@ -381,11 +381,13 @@ def profiled_run(model: SegBlocksModel, x, device) -> dict:
 
         return hook
 
-    pol, fb = model.policy, model.spp
+    # The SPP's hooks wrap its dense fallback (combine -> SPP -> re-split); its first and
+    # last layers bracket the dense SPP itself.
+    pol, fb = model.policy, model.net.spp
     hooks += [pol.register_forward_pre_hook(at("pol0")), pol.register_forward_hook(at("pol1"))]
     hooks += [fb.register_forward_pre_hook(at("fb0")), fb.register_forward_hook(at("fb1"))]
-    inner = fb.module
-    hooks += [inner.register_forward_pre_hook(at("in0")), inner.register_forward_hook(at("in1"))]
+    hooks += [fb.bottleneck.register_forward_pre_hook(at("in0"))]
+    hooks += [fb.fuse.register_forward_hook(at("in1"))]
     try:
         with BlockStats() as st:
             sync(device)

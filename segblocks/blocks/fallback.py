@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .combine import block_combine
 from .sample import check_dense, split_dense
 from .tensor import BlockTensor
 
-__all__ = ["dense_fallback"]
+__all__ = ["dense_fallback", "run_densely"]
 
 
 def dense_fallback(fn: Callable[..., Tensor], x: BlockTensor, *args, **kwargs) -> BlockTensor:
@@ -33,3 +34,33 @@ def dense_fallback(fn: Callable[..., Tensor], x: BlockTensor, *args, **kwargs) -
     side = Ho // g.GH
     g.check_side(side, "dense_fallback output")
     return split_dense(y, g, side, pad_mode=x.pad_mode, trace=x.trace)
+
+
+@contextlib.contextmanager
+def run_densely(root: nn.Module, names: Iterable[str]):
+    """Within the ``with`` block, the submodules ``names`` of ``root`` run through
+    :func:`dense_fallback` when they receive a block tensor (dense inputs are unchanged).
+
+    The modules themselves (weights, hooks, state-dict keys) stay as they are: only their
+    ``forward`` is wrapped for the duration, so a network lists the layers that need the whole
+    map (e.g. ``{"spp": "pyramid pooling to 8/4/2-row grids"}``) instead of being rewritten.
+    """
+    patched = []
+    try:
+        for name in names:
+            m = root.get_submodule(name)
+            if "forward" in m.__dict__:
+                raise ValueError(f"submodule {name!r} already has its forward replaced")
+            orig = m.forward
+
+            def fwd(x, *args, _orig=orig, **kwargs):
+                if isinstance(x, BlockTensor):
+                    return dense_fallback(_orig, x, *args, **kwargs)
+                return _orig(x, *args, **kwargs)
+
+            m.forward = fwd
+            patched.append(m)
+        yield
+    finally:
+        for m in patched:
+            del m.forward

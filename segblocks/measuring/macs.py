@@ -530,7 +530,8 @@ def compare_macs(
 
     Args:
         model: a trunk that accepts block tensors (e.g. from :func:`model_from_name`), or a
-            segmentation network with ``decode`` and ``spp`` (a SwiftNet), which runs as
+            segmentation network with ``forward_logits`` and ``dense_modules`` (a SwiftNet or
+            any :class:`~segblocks.models.SegmentationNet`), which runs as
             :class:`~segblocks.models.segblocks_model.SegBlocksModel` runs it.
         size: ``(H, W)``, multiples of ``block_size``.
         policy: policy name; ``random`` and ``heuristic`` get ``tau = hr_fraction``;
@@ -559,7 +560,7 @@ def compare_macs(
         # sampling (training mode) gives a mask with about tau HR blocks instead.
         pol.train()
     dense = count_macs_dense(model, x)
-    if hasattr(model, "decode") and hasattr(model, "spp"):
+    if hasattr(model, "forward_logits") and hasattr(model, "dense_modules"):
         blocks = count_macs_segblocks(SegBlocksModel(model, pol, block_size), x)
     else:
         blocks = count_macs_blocks(model, x, block_size=block_size, policy=pol)

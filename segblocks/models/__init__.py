@@ -1,6 +1,8 @@
-"""Segmentation models (SwiftNet with timm backbones) and the model registry."""
+"""Segmentation models (SwiftNet with timm backbones, torchvision networks through the generic
+:class:`SegmentationNet`) and the model registry."""
 
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from .generic import SegmentationNet, Select
 from .registry import create_model, list_models, register_model
 from .swiftnet import SwiftNet
 
@@ -12,4 +14,6 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "SwiftNet",
+    "SegmentationNet",
+    "Select",
 ]

@@ -26,7 +26,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 # Modules whose import registers the built-in models (imported lazily, so that importing the
 # registry alone has no side effects and no circular import).
-_BUILTIN_MODULES = ("segblocks.models.swiftnet",)
+_BUILTIN_MODULES = ("segblocks.models.swiftnet", "segblocks.models.torchvision_nets")
 
 
 def _load_builtins() -> None:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..blocks import BlockSample, BlockTensor, DenseFallback, block_combine
+from ..blocks import BlockSample, BlockTensor, block_combine
+from ..blocks.fallback import run_densely
 from ..policies import Dense, Policy, create_policy
 from .registry import create_model
 
@@ -55,8 +56,11 @@ class SegBlocksModel(nn.Module):
     """Wraps a SwiftNet (``segblocks.models.SwiftNet``) for block-based dynamic resolution.
 
     Args:
-        net: the segmentation network; its ``backbone``, ``decode(features, spp=...)`` and
-            ``spp`` are used.
+        net: the segmentation network, with the protocol of
+            :class:`~segblocks.models.generic.SegmentationNet`: ``forward_logits(x)`` (logits
+            at its stride; runs on block tensors), ``dense_modules`` (``{name: reason}`` of
+            the layers run through a dense fallback, e.g. SwiftNet's SPP) and
+            ``output_stride``. SwiftNet and every ``create_model`` network have it.
         policy: a :class:`~segblocks.policies.Policy` or a policy name
             (``"all_hr"``, ``"all_lr"``, ``"random"``, ``"heuristic"``, ``"learned"``, ...).
         block_size: block side in input pixels; a multiple of 2 x the network's total stride
@@ -102,6 +106,13 @@ class SegBlocksModel(nn.Module):
         super().__init__()
         if input_pad not in ("replicate", "zeros"):
             raise ValueError(f"input_pad {input_pad!r} must be 'replicate' or 'zeros'")
+        missing = [a for a in ("forward_logits", "dense_modules") if not hasattr(net, a)]
+        if missing:
+            raise TypeError(
+                f"{type(net).__name__} lacks {' and '.join(missing)}; wrap it as "
+                "segblocks.models.SegmentationNet(encoder, head, decoder, num_classes=..., "
+                "output_stride=..., dense_modules={...})"
+            )
         stride = int(getattr(net, "output_stride", 32))
         if block_size % (2 * stride):
             raise ValueError(
@@ -127,7 +138,6 @@ class SegBlocksModel(nn.Module):
         self.input_pad = input_pad
         self.combine = combine
         self.sample = BlockSample(block_size, pad_mode)
-        self.spp = DenseFallback(net.spp)
 
     def _padded_size(self, h: int, w: int) -> tuple[int, int]:
         bs = self.block_size
@@ -183,7 +193,9 @@ class SegBlocksModel(nn.Module):
         Returns:
             logits ``[N, classes, H / 4, W / 4]`` (LR blocks upsampled by the combine).
         """
-        return block_combine(self.net.decode(self.net.backbone(xb), spp=self.spp), self.combine)
+        with run_densely(self.net, self.net.dense_modules):
+            logits = self.net.forward_logits(xb)
+        return block_combine(logits, self.combine)
 
     def forward(self, image: Tensor, mask: Tensor | None = None) -> SegBlocksOutput:
         """``image [N, 3, H, W]`` -> :class:`SegBlocksOutput`; ``mask`` overrides the policy."""

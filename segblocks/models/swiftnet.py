@@ -72,6 +72,11 @@ BACKBONES: dict[str, BackboneSpec] = {
     "tf_efficientnet_lite1": BackboneSpec(
         "tf_efficientnet_lite1", (1, 2, 3, 4), ("blocks.5", "blocks.6"), 48
     ),
+    # Squeeze-excitation in every block (a global mean per image: exact on block tensors).
+    "efficientnet_b0": BackboneSpec("efficientnet_b0", (1, 2, 3, 4), ("blocks.5", "blocks.6"), 64),
+    "mobilenetv3_large_100": BackboneSpec(
+        "mobilenetv3_large_100", (1, 2, 3, 4), ("blocks.5", "blocks.6"), 64
+    ),
 }
 
 DECODER_BN_MOMENTUM = 0.02
@@ -348,9 +353,20 @@ class SwiftNet(nn.Module):
         x = self.decoder(x, features[: self.num_laterals])
         return self.head(x)
 
+    #: layers that need the whole map (run through a dense fallback in block execution)
+    dense_modules = {
+        "spp": "pyramid pooling to 8/4/2-row grids: each pooled cell mixes blocks of both "
+        "resolutions, which blocks cannot express exactly"
+    }
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Image ``[N, 3, H, W]`` -> logits ``[N, classes, H/4, W/4]`` (stride 4)."""
         return self.decode(self.backbone(x))
+
+    def forward_logits(self, x: Tensor) -> Tensor:
+        """The :class:`~segblocks.models.generic.SegmentationNet` protocol: logits at stride
+        4 (:meth:`forward_features`)."""
+        return self.forward_features(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Image ``[N, 3, H, W]`` -> logits ``[N, classes, H, W]`` (bilinear upsampling)."""
@@ -380,5 +396,19 @@ def swiftnet_effl1(**kwargs) -> SwiftNet:
 _SWIFTNET_ARGS = tuple(
     n for n in inspect.signature(SwiftNet.__init__).parameters if n not in ("self", "backbone")
 )
-for _fn in (swiftnet_rn18, swiftnet_rn50, swiftnet_effl1):
+
+
+@register_model("swiftnet_effb0")
+def swiftnet_effb0(**kwargs) -> SwiftNet:
+    """SwiftNet with a timm EfficientNet-B0 backbone (squeeze-excitation, SiLU; width 64)."""
+    return SwiftNet(backbone="efficientnet_b0", **kwargs)
+
+
+@register_model("swiftnet_mbv3")
+def swiftnet_mbv3(**kwargs) -> SwiftNet:
+    """SwiftNet with a timm MobileNetV3-Large backbone (squeeze-excitation, hardswish)."""
+    return SwiftNet(backbone="mobilenetv3_large_100", **kwargs)
+
+
+for _fn in (swiftnet_rn18, swiftnet_rn50, swiftnet_effl1, swiftnet_effb0, swiftnet_mbv3):
     _fn.model_arguments = _SWIFTNET_ARGS

@@ -1,0 +1,104 @@
+"""A generic segmentation network for SegBlocks: encoder -> decoder -> head -> upsample.
+
+In the spirit of segmentation_models_pytorch's ``SegmentationModel``: any network given as
+modules runs densely (:meth:`SegmentationNet.forward`) and in blocks through
+:class:`~segblocks.models.segblocks_model.SegBlocksModel`, which calls
+:meth:`SegmentationNet.forward_logits` on a block tensor with the listed ``dense_modules``
+running through :func:`~segblocks.blocks.fallback.run_densely` (combine -> module ->
+re-sample). Every other layer must have a block handler (``segblocks.blocks.layers``); an op
+without one raises :class:`~segblocks.blocks.UnsupportedBlockOp` naming it, and the fix is to
+list the module that calls it in ``dense_modules`` with the reason.
+
+The protocol :class:`SegBlocksModel` needs (SwiftNet implements it too):
+
+- ``forward_logits(x)``: image ``[N, 3, H, W]`` -> logits ``[N, K, H / s, W / s]``;
+- ``dense_modules``: ``{submodule name: reason}`` of the layers that need the whole map;
+- ``output_stride``: the encoder's deepest stride (block sizes must be multiples of twice it);
+- ``num_classes``; optionally ``input_mean`` / ``input_std`` and ``backbone_parameters()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SegmentationNet", "Select"]
+
+
+class Select(nn.Module):
+    """Pick ``key`` from a dict (or index of a list) of encoder features."""
+
+    def __init__(self, key):
+        super().__init__()
+        self.key = key
+
+    def forward(self, features):
+        return features[self.key]
+
+    def extra_repr(self) -> str:
+        return f"key={self.key!r}"
+
+
+class SegmentationNet(nn.Module):
+    """``head(decoder(encoder(x)))`` upsampled bilinearly to the input size.
+
+    Args:
+        encoder: image ``[N, 3, H, W]`` -> features (a tensor, list or dict).
+        head: decoder output -> logits ``[N, num_classes, H / s, W / s]``.
+        decoder: features -> what the head takes (``None``: the head takes the features).
+        num_classes: classes of the logits.
+        output_stride: the encoder's deepest stride (e.g. 8 for a dilated ResNet, 32 for a
+            plain one); SegBlocksModel checks block sizes against it.
+        dense_modules: ``{name: reason}``: submodules (dotted names under this module, e.g.
+            ``"decoder.aspp"``) that need the whole map and run through a dense fallback in
+            block execution. The reason is shown by ``repr`` and in the docs.
+        input_mean, input_std: the input normalisation the encoder expects (ImageNet default).
+        backbone: the parameters given the backbone learning rate in training (default: the
+            encoder's).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head: nn.Module,
+        decoder: nn.Module | None = None,
+        *,
+        num_classes: int,
+        output_stride: int,
+        dense_modules: dict[str, str] | None = None,
+        input_mean=(0.485, 0.456, 0.406),
+        input_std=(0.229, 0.224, 0.225),
+        backbone: Callable | None = None,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder if decoder is not None else nn.Identity()
+        self.head = head
+        self.num_classes = int(num_classes)
+        self.output_stride = int(output_stride)
+        self.dense_modules = dict(dense_modules or {})
+        for name, reason in self.dense_modules.items():
+            self.get_submodule(name)  # raises AttributeError naming a missing module
+            if not reason:
+                raise ValueError(f"dense module {name!r} needs a reason (why it needs the map)")
+        self.input_mean, self.input_std = tuple(input_mean), tuple(input_std)
+        self._backbone = backbone
+
+    def backbone_parameters(self):
+        """The pretrained parameters (lr and weight decay x ``backbone_lr_mult``)."""
+        return self._backbone() if self._backbone is not None else self.encoder.parameters()
+
+    def forward_logits(self, x: Tensor) -> Tensor:
+        """Image ``[N, 3, H, W]`` (dense or block tensor) -> logits at the head's stride."""
+        return self.head(self.decoder(self.encoder(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Image ``[N, 3, H, W]`` -> logits ``[N, num_classes, H, W]``."""
+        logits = self.forward_logits(x)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        dense = ", ".join(f"{k} ({v})" for k, v in self.dense_modules.items()) or "none"
+        return f"num_classes={self.num_classes}, output_stride={self.output_stride}, dense: {dense}"

@@ -1,0 +1,73 @@
+"""torchvision / timm networks through the generic SegmentationNet and SegBlocksModel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segblocks.measuring.macs import count_macs_dense, count_macs_segblocks
+from segblocks.models import SegmentationNet, create_model
+from segblocks.models.segblocks_model import SegBlocksModel
+
+# (name, block size, input side): block sizes are multiples of 2 x the output stride
+RECIPES = [
+    ("fcn_resnet50", 32, 128),
+    ("deeplabv3_resnet50", 32, 128),
+    ("deeplabv3_mobilenet_v3_large", 64, 128),
+    ("lraspp_mobilenet_v3_large", 64, 128),
+    ("swiftnet_effb0", 64, 128),
+    ("swiftnet_mbv3", 64, 128),
+]
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("name,bs,side", RECIPES)
+def test_recipe_all_hr_equals_dense_and_macs_are_exact(name, bs, side):
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=11).eval()
+    x = torch.randn(1, 3, side, side)
+    g = side // bs
+    with torch.no_grad():
+        dense = net(x)
+        model = SegBlocksModel(net, "all_hr", bs).eval()
+        blocks = model(x)
+    assert dense.shape == (1, 11, side, side)
+    assert _rel(blocks.logits, dense) <= 1e-5
+    assert count_macs_segblocks(model, x).total == count_macs_dense(net, x).total
+    # a mixed mask runs and costs less
+    mask = torch.zeros(1, g, g, dtype=torch.bool)
+    mask[0, 0, 0] = True
+    with torch.no_grad():
+        mixed = model(x, mask=mask)
+    assert mixed.logits.shape == dense.shape and torch.isfinite(mixed.logits).all()
+    assert count_macs_segblocks(model, x, mask).total < count_macs_dense(net, x).total
+
+
+def test_dense_modules_run_densely_and_are_named():
+    net = create_model("deeplabv3_mobilenet_v3_large", num_classes=3)
+    assert "head.0" in net.dense_modules and "atrous" in net.dense_modules["head.0"]
+    assert "dense: head.0" in repr(net).replace("\n", " ")
+    with pytest.raises(AttributeError):
+        SegmentationNet(
+            net.encoder, net.head, num_classes=3, output_stride=16, dense_modules={"x": "y"}
+        )
+
+
+def test_generic_wrapper_with_a_plain_module_and_errors():
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU())
+    head = torch.nn.Conv2d(8, 4, 1)
+    net = SegmentationNet(enc, head, num_classes=4, output_stride=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = F.interpolate(head(enc(x)), size=(32, 32), mode="bilinear")
+        assert torch.allclose(net(x), ref)
+        assert _rel(SegBlocksModel(net, "all_hr", 8)(x).logits, ref) <= 1e-5
+    with pytest.raises(TypeError, match="lacks forward_logits and dense_modules"):
+        SegBlocksModel(torch.nn.Conv2d(3, 4, 1), "all_hr", 8)
+    with pytest.raises(ValueError, match="needs a reason"):
+        SegmentationNet(enc, head, num_classes=4, output_stride=2, dense_modules={"head": ""})
