@@ -20,7 +20,13 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "model_arguments"]
+__all__ = [
+    "register_model",
+    "create_model",
+    "list_models",
+    "model_arguments",
+    "model_output_stride",
+]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -77,6 +83,16 @@ def model_arguments(name: str) -> tuple[str, ...] | None:
     if any(p.kind == p.VAR_KEYWORD for p in params):
         return None
     return tuple(p.name for p in params if p.kind != p.VAR_POSITIONAL)
+
+
+def model_output_stride(name: str, kwargs: dict | None = None) -> int:
+    """The output stride ``create_model(name, **kwargs)`` will have: ``kwargs["output_stride"]``
+    when the model takes one, else the builder's ``output_stride`` attribute (32 if unset)."""
+    _load_builtins()
+    fn = _REGISTRY.get(name)
+    if fn is None:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+    return int((kwargs or {}).get("output_stride", getattr(fn, "output_stride", 32)))
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

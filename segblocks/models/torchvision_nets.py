@@ -56,6 +56,7 @@ def _recipe(name: str, output_stride: int, key: str | None, doc: str, dense=None
     build.__name__ = build.__qualname__ = name
     build.__doc__ = doc
     build.model_arguments = ("num_classes", "weights_backbone")
+    build.output_stride = output_stride
     register_model(name)(build)
     return build
 

@@ -347,7 +347,7 @@ def _signature_keys(fn, exclude=()) -> tuple[str, ...] | None:
 # model_kwargs checks for the known SwiftNet arguments (others only need a valid name)
 def _check_model_kwargs(cfg: TrainConfig) -> int:
     """Validate ``model_kwargs``; returns the network's output stride."""
-    from ..models.registry import model_arguments
+    from ..models.registry import model_arguments, model_output_stride
 
     mk = cfg.model_kwargs = dict(_mapping("model_kwargs", cfg.model_kwargs))
     valid = model_arguments(cfg.model)
@@ -381,7 +381,7 @@ def _check_model_kwargs(cfg: TrainConfig) -> int:
         mk["spp_grids"] = [_int("model_kwargs.spp_grids", x, lo=1, example=8) for x in g]
     if mk.get("dilate_last_stage") and mk.get("output_stride", 32) != 16:
         raise _bad("model_kwargs.dilate_last_stage", True, "needs model_kwargs.output_stride=16")
-    return int(mk.get("output_stride", 32))
+    return model_output_stride(cfg.model, mk)
 
 
 def _choice_int(key, v, choices):
