@@ -44,8 +44,8 @@ from _common import DTYPES, cpu_snapshot, foreign_load, machine_info  # noqa: E4
 MODELS = (
     ("static_full", "static 1.0x", "static"),
     ("static_full_ft", "static 1.0x (+6 ep)", "static+ft"),
-    ("static_075", "static 0.75x", "static+ft"),
-    ("static_05", "static 0.5x", "static+ft"),
+    ("static_08", "static 0.8x", "static+ft"),
+    ("static_06", "static 0.6x", "static+ft"),
     ("segblocks_tau04", "SegBlocks tau 0.4", "SegBlocks"),
     ("segblocks_tau02", "SegBlocks tau 0.2", "SegBlocks"),
     ("heuristic_tau04", "heuristic tau 0.4", "heuristic"),
@@ -129,6 +129,37 @@ def overlays(models: dict, val, norm, frames: list[int], out: Path, palette) -> 
     return written
 
 
+def markdown(result: dict) -> str:
+    """The tables of ``results/camvid.md``: summary, per-class IoU, per-class HR %."""
+    rows = [(n, v) for n, v in result["models"].items() if "miou" in v]
+    if not rows:
+        return ""
+
+    def ms(v, key):
+        return f"{v[key]:.0f}" if v.get(key) is not None else "-"
+
+    out = [
+        "| model | mIoU | GMACs / image (policy) | HR blocks % | fp32 ms | bf16 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, v in rows:
+        out.append(
+            f"| {v['label']} | {100 * v['miou']:.1f} | {v['gmacs']:.2f} ({v['gmacs_policy']:.3f}) "
+            f"| {v['hr_percent']:.1f} | {ms(v, 'latency_ms_float32')} | "
+            f"{ms(v, 'latency_ms_bfloat16')} |"
+        )
+    classes = list(rows[0][1]["iou"])
+    for title, key in (("IoU %", "iou"), ("% of pixels in HR blocks", "class_hr_percent")):
+        out += ["", f"{title}:", "", "| model | " + " | ".join(classes) + " |"]
+        out.append("|---" * (len(classes) + 1) + "|")
+        for _, v in rows:
+            vals = [v[key][c] for c in classes]
+            scale = 100.0 if key == "iou" else 1.0
+            cells = [f"{scale * x:.1f}" if x == x else "-" for x in vals]
+            out.append(f"| {v['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-root", default="../shared/datasets/camvid")
@@ -142,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--json", help="write all figures here")
     ap.add_argument("--figures", help="folder for the PNG figures")
+    ap.add_argument("--markdown", help="write the result tables (Markdown) here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -224,6 +256,10 @@ def main(argv=None) -> int:
                 )
         written += overlays(models, val, norm, args.overlay_frames, fig, CAMVID_PALETTE)
         result["figures"] = written
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(markdown(result))
+        print(f"tables: {args.markdown}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -29,8 +29,8 @@ def test_packaged_configs_by_name_and_path():
         "camvid/heuristic_tau04",
         "camvid/segblocks_tau02",
         "camvid/segblocks_tau04",
-        "camvid/static_05",
-        "camvid/static_075",
+        "camvid/static_06",
+        "camvid/static_08",
         "camvid/static_full",
         "camvid/static_full_ft",
         "camvid_rn18",
@@ -312,4 +312,4 @@ def test_init_from_and_zero_epochs(tmp_path):
     cfg = load_config("procedural_tiny", [f"init_from={tmp_path / 'missing.pt'}"])
     with pytest.raises(ConfigError, match="'init_from': .* is not a file"):
         cfg.check_trainable()
-    assert load_config("camvid/static_075").policy_kwargs == {"scale": 0.75}
+    assert load_config("camvid/static_08").policy_kwargs == {"scale": 0.8}
