@@ -22,12 +22,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..blocks import BlockSample, BlockTensor, block_combine
 from ..blocks.fallback import run_densely
 from ..policies import Dense, Policy, create_policy
+from ..policies.budget import AffineCost, Budget, budget_count, top_k_mask
 from .registry import create_model
 
 __all__ = ["SegBlocksModel", "SegBlocksOutput", "create_segblocks"]
@@ -138,6 +140,9 @@ class SegBlocksModel(nn.Module):
         self.input_pad = input_pad
         self.combine = combine
         self.sample = BlockSample(block_size, pad_mode)
+        self._mac_costs: dict[tuple[int, int], AffineCost] = {}
+        #: latency model of ``ms`` budgets (``segblocks calibrate``; see :meth:`latency_cost`)
+        self.latency_calibration = None
 
     def _padded_size(self, h: int, w: int) -> tuple[int, int]:
         bs = self.block_size
@@ -197,8 +202,66 @@ class SegBlocksModel(nn.Module):
             logits = self.net.forward_logits(xb)
         return block_combine(logits, self.combine)
 
-    def forward(self, image: Tensor, mask: Tensor | None = None) -> SegBlocksOutput:
-        """``image [N, 3, H, W]`` -> :class:`SegBlocksOutput`; ``mask`` overrides the policy."""
+    def mac_cost(self, hp: int, wp: int) -> AffineCost:
+        """GMACs of one ``hp x wp`` (padded) image with ``k`` HR blocks: ``base + per_block *
+        k``, policy included (exact: every HR block adds the same MACs)."""
+        key = (int(hp), int(wp))
+        if key not in self._mac_costs:
+            from ..measuring.macs import count_macs_segblocks
+
+            p = next(iter(self.net.parameters()))
+            x = torch.zeros(1, 3, hp, wp, device=p.device, dtype=p.dtype)
+            gh, gw = hp // self.block_size, wp // self.block_size
+            lo, hi = (
+                count_macs_segblocks(
+                    self, x, torch.full((1, gh, gw), v, dtype=torch.bool, device=p.device)
+                ).total
+                / 1e9
+                for v in (False, True)
+            )
+            self._mac_costs[key] = AffineCost(lo, (hi - lo) / (gh * gw), "gmacs")
+        return self._mac_costs[key]
+
+    def latency_cost(self, hp: int, wp: int) -> AffineCost:
+        """Milliseconds of one ``hp x wp`` image with ``k`` HR blocks, from
+        ``self.latency_calibration`` (``segblocks calibrate``)."""
+        cal = self.latency_calibration
+        if cal is None:
+            raise ValueError(
+                "a budget in ms needs a latency calibration of this model on this machine: run "
+                "segblocks calibrate ... and load it (model.latency_calibration = "
+                "LatencyCalibration.load(path, model, size)), or give the budget in GMACs"
+            )
+        return cal.cost(hp, wp, self.block_size)
+
+    def budget_mask(self, x: Tensor, budget, grid_shape) -> tuple[Tensor, object]:
+        """``(mask [N, GH, GW], policy output)``: the top-k blocks of the policy's ranking
+        that fit ``budget`` (see :mod:`segblocks.policies.budget`)."""
+        budget = Budget.parse(budget)
+        if self.dense:
+            raise ValueError("a budget needs a block policy; the dense policy has no blocks")
+        pol = self.policy(x, grid_shape)
+        if pol.scores is None:
+            raise ValueError(
+                f"policy {self.policy.name!r} does not rank blocks; budgets need the learned, "
+                "heuristic or random policy"
+            )
+        hp, wp = x.shape[-2:]
+        cost = None
+        if budget.unit == "gmacs":
+            cost = self.mac_cost(hp, wp)
+        elif budget.unit == "ms":
+            cost = self.latency_cost(hp, wp)
+        k = budget_count(budget, grid_shape[0] * grid_shape[1], cost)
+        return top_k_mask(pol.scores, k), pol
+
+    def forward(self, image: Tensor, mask: Tensor | None = None, budget=None) -> SegBlocksOutput:
+        """``image [N, 3, H, W]`` -> :class:`SegBlocksOutput`; ``mask`` overrides the policy.
+
+        ``budget`` (per image: ``0.4`` or ``"40%"`` of the blocks, ``"12blocks"``,
+        ``"2.1gmacs"``, ``"35ms"``, or a :class:`~segblocks.policies.budget.Budget`) runs the
+        policy's top-ranked blocks that fit it in high resolution instead of thresholding.
+        """
         if not isinstance(image, Tensor) or image.dim() != 4:
             raise ValueError(
                 f"image must be a [N, 3, H, W] tensor, got "
@@ -213,7 +276,12 @@ class SegBlocksModel(nn.Module):
         hp, wp = self._padded_size(H, W)
         x = self.pad_input(image, hp, wp)
         grid_shape = (hp // self.block_size, wp // self.block_size)
-        if mask is None:
+        if budget is not None:
+            if mask is not None:
+                raise ValueError("give a mask or a budget, not both")
+            mask, pol = self.budget_mask(x, budget, grid_shape)
+            probs, log_probs = pol.probs, None
+        elif mask is None:
             pol = self.policy(x, grid_shape)
             mask, probs, log_probs = pol.mask, pol.probs, pol.log_probs
         else:

@@ -145,7 +145,8 @@ class RandomPolicy(Policy):
         flat.scatter_(1, order[:, :k], True)
         mask = flat.view(N, *grid_shape).to(image.device)
         probs = torch.full(mask.shape, k / B, device=image.device, dtype=torch.float32)
-        return PolicyOutput.from_mask(mask, probs=probs)
+        scores = (-keys).view(N, *grid_shape).to(image.device)  # the k smallest keys rank first
+        return PolicyOutput.from_mask(mask, probs=probs, scores=scores)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, seed={self.seed}"

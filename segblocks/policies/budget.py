@@ -1,0 +1,144 @@
+"""Budgeted inference: the policy ranks the blocks, the budget decides how many run in HR.
+
+A budget per image is a fraction or count of HR blocks, GMACs, or milliseconds (issue 11).
+Given one, :class:`~segblocks.models.segblocks_model.SegBlocksModel` ranks each image's blocks
+by the policy's own score (learned: the logit; heuristic: the complexity ``C_b``; random: a
+seeded random key) and runs the top ``k`` in high resolution, ``k`` being the most blocks whose
+cost fits the budget: deterministic, never over the budget, and no fewer blocks than fit.
+
+Costs are affine in ``k`` for a fixed image size: GMACs exactly (every HR block adds the same
+MACs over an LR block), latency nearly (measured by ``segblocks calibrate``). A budget below
+the all-LR cost or above the all-HR cost is clamped, with a warning that states the cost used.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Budget", "AffineCost", "budget_count", "top_k_mask"]
+
+UNITS = ("fraction", "blocks", "gmacs", "ms")
+_SUFFIX = {"%": "percent", "blocks": "blocks", "block": "blocks", "gmacs": "gmacs", "ms": "ms"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A per-image budget: ``value`` in ``unit`` (``fraction`` of HR blocks in [0, 1],
+    ``blocks``, ``gmacs`` or ``ms``)."""
+
+    value: float
+    unit: str = "fraction"
+
+    def __post_init__(self):
+        if self.unit not in UNITS:
+            raise ValueError(f"budget unit {self.unit!r} must be one of {', '.join(UNITS)}")
+        v = self.value
+        if not isinstance(v, (int, float)) or math.isnan(v) or v < 0 or math.isinf(v):
+            raise ValueError(
+                f"budget {v!r} {self.unit} must be a finite number >= 0 (e.g. 0.4 of the "
+                "blocks, '12blocks', '2.1gmacs', '35ms')"
+            )
+        if self.unit == "fraction" and v > 1:
+            raise ValueError(
+                f"budget fraction {v:g} must be in [0, 1]; for a percentage write '{v:g}%'"
+            )
+
+    @classmethod
+    def parse(cls, spec) -> Budget:
+        """``0.4`` / ``"0.4"`` (fraction), ``"40%"``, ``"12blocks"``, ``"2.1gmacs"``,
+        ``"35ms"`` -> :class:`Budget`."""
+        if isinstance(spec, Budget):
+            return spec
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            return cls(float(spec), "fraction")
+        text = str(spec).strip().lower().replace(" ", "")
+        m = re.fullmatch(r"([-+0-9.e]+|nan|inf)(%|blocks?|gmacs|ms)?", text)
+        if m is None:
+            raise ValueError(
+                f"budget {spec!r} is not a number with an optional unit; write e.g. 0.4, "
+                "'40%', '12blocks', '2.1gmacs' or '35ms'"
+            )
+        try:
+            value = float(m.group(1))
+        except ValueError:
+            raise ValueError(f"budget {spec!r}: {m.group(1)!r} is not a number") from None
+        unit = _SUFFIX.get(m.group(2) or "", "fraction")
+        if unit == "percent":
+            return cls(value / 100.0, "fraction")
+        return cls(value, unit)
+
+    def __str__(self) -> str:
+        return {
+            "fraction": f"{100 * self.value:g} % of the blocks",
+            "blocks": f"{self.value:g} blocks",
+            "gmacs": f"{self.value:g} GMACs",
+            "ms": f"{self.value:g} ms",
+        }[self.unit]
+
+
+@dataclass(frozen=True)
+class AffineCost:
+    """Cost of an image with ``k`` HR blocks: ``base + per_block * k`` (GMACs or ms)."""
+
+    base: float
+    per_block: float
+    unit: str
+
+    def __call__(self, k: int) -> float:
+        return self.base + self.per_block * k
+
+
+def budget_count(budget: Budget, num_blocks: int, cost: AffineCost | None = None) -> int:
+    """The number of HR blocks per image a budget allows (clamped to ``[0, num_blocks]``
+    with a warning naming the cost actually used)."""
+    if budget.unit == "fraction":
+        k = math.floor(budget.value * num_blocks + 1e-9)
+        return k
+    if budget.unit == "blocks":
+        k = math.floor(budget.value + 1e-9)
+        if k > num_blocks:
+            warnings.warn(
+                f"budget of {budget.value:g} blocks exceeds the {num_blocks} blocks of the image; "
+                f"using all {num_blocks} blocks in high resolution",
+                stacklevel=3,
+            )
+        return min(k, num_blocks)
+    if cost is None or cost.unit != budget.unit:
+        raise ValueError(f"a budget in {budget.unit} needs the model's cost in {budget.unit}")
+    lo, hi = cost(0), cost(num_blocks)
+    unit = "GMACs" if budget.unit == "gmacs" else "ms"
+    if budget.value < lo:
+        warnings.warn(
+            f"budget {budget.value:g} {unit} is below the all-low-resolution cost {lo:.4g} "
+            f"{unit}; using all-LR ({lo:.4g} {unit})",
+            stacklevel=3,
+        )
+        return 0
+    if budget.value >= hi:
+        if budget.value > hi * (1 + 1e-9):
+            warnings.warn(
+                f"budget {budget.value:g} {unit} is above the all-high-resolution cost "
+                f"{hi:.4g} {unit}; using all-HR ({hi:.4g} {unit})",
+                stacklevel=3,
+            )
+        return num_blocks
+    k = math.floor((budget.value - cost.base) / cost.per_block + 1e-9)
+    return max(0, min(num_blocks, k))
+
+
+def top_k_mask(scores: Tensor, k: int) -> Tensor:
+    """``[N, GH, GW]`` bool: the ``k`` highest-scoring blocks of each image (ties: the lower
+    index first, so the result is deterministic)."""
+    N = scores.shape[0]
+    flat = scores.reshape(N, -1).float()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if k > 0:
+        order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+        mask.scatter_(1, order[:, :k], True)
+    return mask.view(scores.shape)
