@@ -438,3 +438,21 @@ def test_export_half_precision_rebuilds_the_model(run_dir, tmp_path, images, cap
     assert main(argv) == 0
     assert main(["infer", str(images), str(tmp_path / "o"), "--checkpoint", str(out)]) == 0
     assert main(["export", str(run_dir / "missing.pt"), str(out)]) == 2
+
+
+def test_eval_budget_and_budget_sweep(tmp_path, capsys):
+    base = ["eval", "--policy", "heuristic", "--block-size", "64", *EVAL]
+    js = tmp_path / "s.json"
+    argv = [*base, "--budget-sweep", "0.25,1.0", "--json", str(js), "--figures", str(tmp_path)]
+    assert main(argv) == 0
+    rows = json.loads(js.read_text())["budget_sweep"]
+    assert [r["hr_percent"] for r in rows] == [25.0, 100.0]
+    assert rows[0]["gmacs"] < rows[1]["gmacs"]
+    assert (tmp_path / "budget_miou_vs_gmacs.png").is_file()
+    assert main([*base, "--budget", "0.5"]) == 0
+    assert main([*base, "--budget", "-1"]) == 2
+    one_line_error(capsys, "budget -1.0 fraction must be a finite number >= 0")
+    assert main([*base, "--budget", "0.5", "--budget-sweep", "0.1"]) == 2
+    one_line_error(capsys, "not both")
+    assert main([*base[:2], "all_hr", *base[3:], "--budget", "0.5"]) == 2
+    one_line_error(capsys, "does not rank blocks")

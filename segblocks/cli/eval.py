@@ -40,6 +40,16 @@ def add_parser(sub) -> None:
     p.add_argument("--no-fps", action="store_true", help="skip the FPS measurement")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--figures", help="write the HR histogram PNG into this folder")
+    p.add_argument(
+        "--budget",
+        help="per-image budget: the policy's top-ranked blocks that fit run in HR (0.4, 40%%, "
+        "12blocks, 2.1gmacs, 35ms)",
+    )
+    p.add_argument(
+        "--budget-sweep",
+        help="comma-separated budgets (e.g. 0.1,0.2,0.3,0.4,0.6 or 1.5gmacs,2gmacs): evaluate the "
+        "one model at each; --json gets mIoU vs GMACs and latency, --figures the plots",
+    )
     p.set_defaults(func=run)
 
 
@@ -78,15 +88,35 @@ def run(args: argparse.Namespace) -> int:
             f"{what} predicts {k_model} classes but --dataset {args.dataset} has {k_data}; "
             f"evaluate on the dataset the model was trained on{fix}",
         )
-    res = evaluate(
-        model,
-        ds,
-        device=args.device,
-        normalize=input_normalize(model),
-        max_images=args.max_images,
-        fps=not args.no_fps,
-        dtype=getattr(torch, args.dtype),
-    )
+    if args.budget and args.budget_sweep:
+        return fail("eval", "give --budget or --budget-sweep, not both")
+    budgets = [b.strip() for b in (args.budget_sweep or "").split(",") if b.strip()]
+    try:
+        from segblocks.policies.budget import Budget
+
+        for b in budgets + ([args.budget] if args.budget else []):
+            Budget.parse(b)
+    except ValueError as e:
+        return fail("eval", e)
+
+    def run_eval(budget=None):
+        return evaluate(
+            model,
+            ds,
+            device=args.device,
+            normalize=input_normalize(model),
+            max_images=args.max_images,
+            fps=not args.no_fps,
+            dtype=getattr(torch, args.dtype),
+            budget=budget,
+        )
+
+    try:
+        if budgets:
+            return _sweep(args, budgets, run_eval)
+        res = run_eval(args.budget)
+    except ValueError as e:
+        return fail("eval", e)
     print(res.table())
     if args.json:
         res.save_json(args.json)
@@ -98,5 +128,47 @@ def run(args: argparse.Namespace) -> int:
 
         Path(args.figures).mkdir(parents=True, exist_ok=True)
         save_hr_histogram(Path(args.figures) / "hr_histogram.png", res.hr_fractions)
+        print(f"figures: {args.figures}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace, budgets: list[str], run_eval) -> int:
+    """Evaluate one model at each budget; print and save mIoU vs GMACs / latency."""
+    import json
+    from pathlib import Path
+
+    rows = []
+    for b in budgets:
+        r = run_eval(b)
+        latency = 1000.0 / r.fps if r.fps else None
+        rows.append(
+            {
+                "name": str(b),
+                "budget": str(b),
+                "miou": r.miou,
+                "gmacs": r.gmacs,
+                "hr_percent": 100 * r.mean_hr_fraction,
+                "latency_ms": latency,
+            }
+        )
+        ms = f"{latency:7.1f} ms" if latency is not None else "      - ms"
+        print(
+            f"budget {b:>10}: mIoU {100 * r.miou:5.1f}  GMACs {r.gmacs:6.3f}  "
+            f"HR {100 * r.mean_hr_fraction:5.1f} %  {ms}",
+            flush=True,
+        )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"budget_sweep": rows}, indent=2))
+        print(f"results: {args.json}")
+    if args.figures:
+        from segblocks.evaluation.visualize import save_miou_vs_cost
+
+        fig = Path(args.figures)
+        for r in rows:
+            r["group"] = "budget sweep"
+        save_miou_vs_cost(fig / "budget_miou_vs_gmacs.png", rows, "gmacs", "GMACs per image")
+        if all(r["latency_ms"] is not None for r in rows):
+            save_miou_vs_cost(fig / "budget_miou_vs_latency.png", rows, "latency_ms", "ms")
         print(f"figures: {args.figures}")
     return 0

@@ -208,6 +208,7 @@ def evaluate(
     progress: bool = True,
     num_classes: int | None = None,
     dtype: torch.dtype | None = None,
+    budget=None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset`` one image at a time (batch 1, ``inference_mode``).
 
@@ -227,6 +228,9 @@ def evaluate(
         dtype: cast the model (in place, like ``device``) and the images to this dtype, e.g.
             ``torch.bfloat16`` to run the network in bfloat16; ``None`` keeps the model's and
             feeds float32 images. Metrics use the argmax of the logits either way.
+        budget: per-image budget of a SegBlocksModel (``0.4``, ``"40%"``, ``"12blocks"``,
+            ``"2.1gmacs"``, ``"35ms"``; see :mod:`segblocks.policies.budget`); ``None``: the
+            policy decides.
 
     Returns:
         an :class:`EvalResult`.
@@ -235,6 +239,8 @@ def evaluate(
 
     device = torch.device(device)
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
+    if budget is not None and not isinstance(model, SegBlocksModel):
+        raise ValueError("a budget needs a SegBlocksModel (a model with a block policy)")
     if n < 1:
         raise ValueError("evaluate: the dataset has no images to evaluate")
     seg = isinstance(model, SegBlocksModel)
@@ -272,7 +278,7 @@ def evaluate(
                 if timing:
                     _sync(device)
                     t0 = time.perf_counter()
-                out = model(x)
+                out = model(x) if budget is None else model(x, budget=budget)
                 if timing:
                     _sync(device)
                     elapsed += time.perf_counter() - t0
