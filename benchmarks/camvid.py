@@ -157,6 +157,15 @@ def markdown(result: dict) -> str:
             scale = 100.0 if key == "iou" else 1.0
             cells = [f"{scale * x:.1f}" if x == x else "-" for x in vals]
             out.append(f"| {v['label']} | " + " | ".join(cells) + " |")
+    sweep = result.get("budget_sweep")
+    if sweep and sweep.get("rows"):
+        out += ["", f"Budget sweep of {sweep['model']} (top-ranked blocks per image):", ""]
+        out += ["| budget | mIoU | GMACs / image | HR blocks % |", "|---|---|---|---|"]
+        for r in sweep["rows"]:
+            out.append(
+                f"| {r['budget']} | {100 * r['miou']:.1f} | {r['gmacs']:.2f} | "
+                f"{r['hr_percent']:.1f} |"
+            )
     return "\n".join(out) + "\n"
 
 
@@ -171,6 +180,15 @@ def main(argv=None) -> int:
     ap.add_argument("--overlay-frames", type=int, nargs="*", default=[5, 40, 90])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument(
+        "--sweep-model", default="segblocks_tau04", help="model evaluated over --sweep-budgets"
+    )
+    ap.add_argument(
+        "--sweep-budgets",
+        nargs="*",
+        default=["0.1", "0.2", "0.3", "0.4", "0.5"],
+        help="budgets of the budget sweep (issue 11): the one model, top-ranked blocks",
+    )
     ap.add_argument("--json", help="write all figures here")
     ap.add_argument("--figures", help="folder for the PNG figures")
     ap.add_argument("--markdown", help="write the result tables (Markdown) here")
@@ -215,6 +233,23 @@ def main(argv=None) -> int:
                 "class_hr_percent": dict(zip(r.class_names, r.class_hr_percent, strict=True)),
                 "pixel_accuracy": d.get("pixel_accuracy"),
             }
+        sweep = args.sweep_model if args.sweep_model in models else None
+        if sweep and args.sweep_budgets:
+            from segblocks.evaluation import evaluate
+
+            print(f"budget sweep of {sweep}:", flush=True)
+            model = _load(models[sweep], torch.float32)
+            result["budget_sweep"] = {"model": sweep, "rows": []}
+            for b in args.sweep_budgets:
+                r = evaluate(model, val, normalize=norm, fps=False, progress=False, budget=b)
+                row = {
+                    "budget": b,
+                    "miou": r.miou,
+                    "gmacs": r.gmacs,
+                    "hr_percent": 100 * r.mean_hr_fraction,
+                }
+                result["budget_sweep"]["rows"].append(row)
+                print(f"  budget {b:>8}: mIoU {100 * r.miou:5.1f}  GMACs {r.gmacs:6.3f}")
     frames = []
     for i in range(min(args.latency_images, len(val))):
         img, lab = val[(i * len(val)) // max(1, args.latency_images)]
@@ -240,7 +275,13 @@ def main(argv=None) -> int:
             for v in result["models"].values()
             if "miou" in v
         ]
-        written = [str(save_miou_vs_cost(fig / "miou_vs_gmacs.png", rows, "gmacs", "GMACs"))]
+        sweep_rows = [
+            {"name": r["budget"], "group": f"{result['budget_sweep']['model']} budgets", **r}
+            for r in (result.get("budget_sweep") or {}).get("rows", [])
+        ]
+        written = [
+            str(save_miou_vs_cost(fig / "miou_vs_gmacs.png", rows + sweep_rows, "gmacs", "GMACs"))
+        ]
         for dt in dtypes:
             key = f"latency_ms_{dt}"
             if rows and all(key in r for r in rows):
