@@ -456,3 +456,26 @@ def test_eval_budget_and_budget_sweep(tmp_path, capsys):
     one_line_error(capsys, "not both")
     assert main([*base[:2], "all_hr", *base[3:], "--budget", "0.5"]) == 2
     one_line_error(capsys, "does not rank blocks")
+
+
+def test_calibrate_and_millisecond_budgets(tmp_path, capsys):
+    from segblocks.measuring.calibrate import LatencyCalibration
+
+    out = tmp_path / "cal.json"
+    model = ["--policy", "heuristic", "--block-size", "64"]
+    argv = ["calibrate", *model, "--size", "128x256", "--threads", "1", "--counts", "3"]
+    assert main([*argv, "--runs", "3", "--warmup", "1", "--out", str(out)]) == 0
+    cal = LatencyCalibration.load(out, model="swiftnet_rn18", size=(128, 256), threads=1)
+    assert [k for k, _ in cal.points] == [0, 4, 8] and cal.per_block_ms > 0
+    base = ["eval", *model, *EVAL, "--calibration", str(out)]
+    torch.set_num_threads(1)
+    lo, hi = cal.intercept_ms, cal.intercept_ms + 8 * cal.per_block_ms
+    assert main([*base, "--budget", f"{(lo + hi) / 2}ms"]) == 0
+    with pytest.raises(ValueError, match="measured with dtype 'float32', this run uses 'bfloat16'"):
+        LatencyCalibration.load(out, dtype="bfloat16")
+    assert main([*base, "--dtype", "bfloat16", "--budget", "10ms"]) == 2
+    one_line_error(capsys, "measured with dtype", "segblocks calibrate")
+    with pytest.raises(ValueError, match="measured at 128x256 with block size 64"):
+        cal.cost(256, 256, 64)
+    assert main([*argv, "--runs", "1", "--size", "100x256", "--out", str(out)]) == 2
+    one_line_error(capsys, "not a multiple of block size 64")

@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, common, demo, eval, export, infer, macs, train
+from . import bench, calibrate, common, demo, eval, export, infer, macs, train
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (demo, macs, bench, train, eval, infer, export)
+COMMANDS = (demo, macs, bench, train, eval, infer, export, calibrate)
 
 
 def build_parser() -> argparse.ArgumentParser:

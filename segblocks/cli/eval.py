@@ -46,6 +46,10 @@ def add_parser(sub) -> None:
         "12blocks, 2.1gmacs, 35ms)",
     )
     p.add_argument(
+        "--calibration",
+        help="latency calibration (segblocks calibrate) for budgets in ms",
+    )
+    p.add_argument(
         "--budget-sweep",
         help="comma-separated budgets (e.g. 0.1,0.2,0.3,0.4,0.6 or 1.5gmacs,2gmacs): evaluate the "
         "one model at each; --json gets mIoU vs GMACs and latency, --figures the plots",
@@ -96,6 +100,18 @@ def run(args: argparse.Namespace) -> int:
 
         for b in budgets + ([args.budget] if args.budget else []):
             Budget.parse(b)
+        if args.calibration:
+            from segblocks.measuring.calibrate import LatencyCalibration
+
+            from .calibrate import model_id
+
+            model.latency_calibration = LatencyCalibration.load(
+                args.calibration,
+                model=model_id(args),
+                block_size=getattr(model, "block_size", None),
+                dtype=args.dtype,
+                threads=torch.get_num_threads(),
+            )
     except ValueError as e:
         return fail("eval", e)
 
