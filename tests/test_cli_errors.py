@@ -479,3 +479,14 @@ def test_calibrate_and_millisecond_budgets(tmp_path, capsys):
         cal.cost(256, 256, 64)
     assert main([*argv, "--runs", "1", "--size", "100x256", "--out", str(out)]) == 2
     one_line_error(capsys, "not a multiple of block size 64")
+
+
+def test_infer_with_a_budget(tmp_path, images, capsys):
+    out = tmp_path / "o"
+    argv = ["infer", str(images), str(out), "--policy", "heuristic", "--block-size", "64"]
+    assert main([*argv, "--budget", "0"]) == 0
+    hr = np.asarray(Image.open(out / "a_hr.png"))
+    assert main([*argv, "--budget", "1.0"]) == 0
+    assert not np.array_equal(hr, np.asarray(Image.open(out / "a_hr.png")))
+    assert main([*argv, "--budget", "fast"]) == 2
+    one_line_error(capsys, "budget 'fast' is not a number")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_dtype_argument, add_model_arguments, fail, load_model, parse_size
+from .common import (
+    add_dtype_argument,
+    add_model_arguments,
+    fail,
+    load_model,
+    model_id,
+    parse_size,
+)
 
 
 def add_parser(sub) -> None:
@@ -27,13 +34,6 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=2, help="warm-up runs (default 2)")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.set_defaults(func=run)
-
-
-def model_id(args: argparse.Namespace) -> str:
-    """What a calibration file records as the model: the checkpoint file or registry name."""
-    from pathlib import Path
-
-    return f"checkpoint:{Path(args.checkpoint).name}" if args.checkpoint else args.model
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,9 @@ __all__ = [
     "add_model_arguments",
     "load_model",
     "input_normalize",
+    "add_budget_arguments",
+    "check_budget",
+    "model_id",
 ]
 
 #: ``--dtype`` choices -> torch dtype names
@@ -133,3 +136,44 @@ def input_normalize(model):
     net = getattr(model, "net", model)
     mean, std = getattr(net, "input_mean", None), getattr(net, "input_std", None)
     return Normalize(mean, std) if mean else Normalize()
+
+
+def add_budget_arguments(p: argparse.ArgumentParser) -> None:
+    """``--budget`` and ``--calibration`` (budgeted inference, :mod:`segblocks.policies.budget`)."""
+    p.add_argument(
+        "--budget",
+        help="per-image budget: the policy's top-ranked blocks that fit run in HR (0.4, 40%%, "
+        "12blocks, 2.1gmacs, 35ms)",
+    )
+    p.add_argument(
+        "--calibration",
+        help="latency calibration (segblocks calibrate) for budgets in ms",
+    )
+
+
+def model_id(args: argparse.Namespace) -> str:
+    """What a calibration file records as the model: the checkpoint file or registry name."""
+    from pathlib import Path
+
+    return f"checkpoint:{Path(args.checkpoint).name}" if args.checkpoint else args.model
+
+
+def check_budget(args: argparse.Namespace, model, budgets=()) -> None:
+    """Validate ``--budget`` (and ``budgets``) and attach ``--calibration`` to ``model``;
+    ``ValueError`` names the problem."""
+    import torch
+
+    from segblocks.policies.budget import Budget
+
+    for b in [*budgets, *([args.budget] if args.budget else [])]:
+        Budget.parse(b)
+    if args.calibration:
+        from segblocks.measuring.calibrate import LatencyCalibration
+
+        model.latency_calibration = LatencyCalibration.load(
+            args.calibration,
+            model=model_id(args),
+            block_size=getattr(model, "block_size", None),
+            dtype=getattr(args, "dtype", "float32"),
+            threads=torch.get_num_threads(),
+        )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 from .common import (
+    add_budget_arguments,
     add_dtype_argument,
     add_model_arguments,
+    check_budget,
     fail,
     input_normalize,
     load_model,
@@ -40,15 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-fps", action="store_true", help="skip the FPS measurement")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--figures", help="write the HR histogram PNG into this folder")
-    p.add_argument(
-        "--budget",
-        help="per-image budget: the policy's top-ranked blocks that fit run in HR (0.4, 40%%, "
-        "12blocks, 2.1gmacs, 35ms)",
-    )
-    p.add_argument(
-        "--calibration",
-        help="latency calibration (segblocks calibrate) for budgets in ms",
-    )
+    add_budget_arguments(p)
     p.add_argument(
         "--budget-sweep",
         help="comma-separated budgets (e.g. 0.1,0.2,0.3,0.4,0.6 or 1.5gmacs,2gmacs): evaluate the "
@@ -96,22 +90,7 @@ def run(args: argparse.Namespace) -> int:
         return fail("eval", "give --budget or --budget-sweep, not both")
     budgets = [b.strip() for b in (args.budget_sweep or "").split(",") if b.strip()]
     try:
-        from segblocks.policies.budget import Budget
-
-        for b in budgets + ([args.budget] if args.budget else []):
-            Budget.parse(b)
-        if args.calibration:
-            from segblocks.measuring.calibrate import LatencyCalibration
-
-            from .calibrate import model_id
-
-            model.latency_calibration = LatencyCalibration.load(
-                args.calibration,
-                model=model_id(args),
-                block_size=getattr(model, "block_size", None),
-                dtype=args.dtype,
-                threads=torch.get_num_threads(),
-            )
+        check_budget(args, model, budgets)
     except ValueError as e:
         return fail("eval", e)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_arguments, fail, input_normalize, load_model
+from .common import (
+    add_budget_arguments,
+    add_model_arguments,
+    check_budget,
+    fail,
+    input_normalize,
+    load_model,
+)
 
 
 def add_parser(sub) -> None:
@@ -23,6 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("input", help="an image file or a folder of images")
     p.add_argument("out_dir", help="output folder")
     add_model_arguments(p)
+    add_budget_arguments(p)
     p.add_argument("--skip-bad", action="store_true", help="warn and skip unreadable images")
     p.set_defaults(func=run)
 
@@ -49,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         model = load_model(args)
+        check_budget(args, model)
         palette, names, what = model_palette(model)
         outs = infer(
             model,
@@ -60,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
             skip_bad=args.skip_bad,
             device=args.device,
             report=note,
+            budget=args.budget,
         )
     except (ValueError, FileNotFoundError) as e:
         return fail("infer", e)

@@ -157,6 +157,7 @@ def infer(
     skip_bad: bool = False,
     device=None,
     report: Callable[[str], None] | None = None,
+    budget=None,
 ) -> list[dict]:
     """Segment the image(s) at ``inputs`` and write ``<name>_seg.png`` / ``<name>_hr.png``.
 
@@ -173,6 +174,8 @@ def infer(
         device: where to run (default: the model's device).
         report: called with notes (skipped files, 16-bit images scaled, ...); default
             ``warnings.warn``.
+        budget: per-image budget of a SegBlocksModel (``0.4``, ``"2.1gmacs"``, ``"35ms"``,
+            ...; see :mod:`segblocks.policies.budget`); ``None``: the policy decides.
 
     Returns:
         one dict per written image: ``input``, ``seg``, ``hr`` (paths), ``hr_fraction`` and
@@ -240,7 +243,8 @@ def infer(
                 label = torch.zeros(image.shape[-2:], dtype=torch.long)
                 x, _ = normalize(x, label)
             with torch.inference_mode():
-                y = model(x.unsqueeze(0).to(device))
+                xin = x.unsqueeze(0).to(device)
+                y = model(xin) if budget is None else model(xin, budget=budget)
             if isinstance(model, SegBlocksModel):
                 logits, grid = y.logits, y.grid[0].cpu()
                 bs = model.block_size
