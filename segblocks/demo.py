@@ -35,6 +35,7 @@ __all__ = ["run_demo", "run_engine_demo"]
 #: the packaged training config of the demo (``segblocks/configs/procedural_tiny.yaml``)
 CONFIG_NAME = "procedural_tiny"
 ENGINE_DEMO_FRACS = (0.2, 0.4, 0.6, 1.0)
+SWEEP_BUDGETS = (0.2, 0.3, 0.4, 0.5, 0.6)  # fractions of HR blocks for the budget sweep
 TRUNK_STRIDE = 32  # resnet18's last stage; LR blocks there must still be >= 1 pixel
 
 
@@ -136,8 +137,24 @@ def run_demo(
     for name, r in results.items():
         latency = 1000.0 / r.fps if r.fps else float("nan")
         rows.append(dict(name=name, miou=r.miou, gmacs=r.gmacs, latency_ms=latency))
+    # One trained model, several budgets (issue 11): the policy's top-ranked blocks that fit.
+    sweep = []
+    for b in SWEEP_BUDGETS:
+        print(f"[demo] evaluating SegBlocks at budget {b} of the blocks ...", flush=True)
+        r = evaluate(seg, val, normalize=norm, progress=False, budget=b)
+        latency = 1000.0 / r.fps if r.fps else float("nan")
+        sweep.append(
+            dict(
+                name=f"{b:g}",
+                group="SegBlocks tau 0.4, budgets",
+                budget=b,
+                miou=r.miou,
+                gmacs=r.gmacs,
+                latency_ms=latency,
+            )
+        )
     seg_res = results["SegBlocks-RN18 (learned, tau 0.4)"]
-    save_miou_vs_gmacs(out / "fig7_miou_vs_gmacs.png", rows)
+    save_miou_vs_gmacs(out / "fig7_miou_vs_gmacs.png", [*rows, *sweep])
     save_hr_histogram(out / "fig8_hr_histogram.png", seg_res.hr_fractions)
     with torch.inference_mode():
         for i in range(2):
@@ -164,6 +181,18 @@ def run_demo(
         )
     lines += [
         "",
+        "The same SegBlocks model at inference budgets (top-ranked blocks, fraction of blocks):",
+        "",
+        "| budget | mIoU | GMACs / image | CPU latency (ms) |",
+        "|---|---|---|---|",
+    ]
+    for r in sweep:
+        lines.append(
+            f"| {r['budget']:g} | {r['miou'] * 100:.1f} | {r['gmacs']:.2f} | "
+            f"{r['latency_ms']:.0f} |"
+        )
+    lines += [
+        "",
         f"SegBlocks HR fraction on the held-out scenes: {seg_res.mean_hr_fraction * 100:.1f} %.",
         f"HR rate of blocks containing thin objects (poles, signs, pedestrians): "
         f"{thin['thin_hr_rate'] * 100:.1f} % of {thin['thin_blocks']} blocks; of blocks that "
@@ -175,6 +204,7 @@ def run_demo(
     (out / "report.md").write_text("\n".join(lines) + "\n")
     payload = {
         "rows": rows,
+        "budget_sweep": sweep,
         "thin_objects": thin,
         "segblocks": seg_res.to_dict(),
         "seconds": time.time() - t0,

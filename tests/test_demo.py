@@ -15,6 +15,10 @@ def test_demo_writes_report(tmp_path):
         assert (tmp_path / f).exists(), f
     assert (tmp_path / "fig9_decisions_0.png").exists()
     assert len(res["rows"]) == 3
+    assert [r["budget"] for r in res["budget_sweep"]] == [0.2, 0.3, 0.4, 0.5, 0.6]
+    gm = [r["gmacs"] for r in res["budget_sweep"]]
+    assert gm == sorted(gm) and gm[0] < gm[-1]
+    assert "budgets" in (tmp_path / "report.md").read_text()
     assert "thin_hr_rate" in res["thin_objects"]
 
 
