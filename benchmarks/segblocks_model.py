@@ -78,7 +78,14 @@ LEARNED_FRAC = 0.4
 REDUCED = ((768, 1536), (672, 1344))  # HxW of the static reduced-resolution baselines
 NUM_CLASSES = 19
 # (key, registry name, pretrained backbone): EffL1 weights ship with a pip package (offline)
-MODELS = (("rn18", "swiftnet_rn18", False), ("effl1", "swiftnet_effl1", True))
+ALL_MODELS = (
+    ("rn18", "swiftnet_rn18", False),
+    ("effl1", "swiftnet_effl1", True),
+    # torchvision networks through segblocks.models.SegmentationNet (issue 10)
+    ("lraspp_mbv3", "lraspp_mobilenet_v3_large", False),
+    ("deeplabv3_rn50", "deeplabv3_resnet50", False),
+)
+MODELS = ALL_MODELS  # narrowed by --models
 PAPER_GMACS = {"swiftnet_rn18": 104.1, "swiftnet_rn50": 206.3, "swiftnet_effl1": 24.9}
 MODULES = ("policy", "sample", "pad", "combine")
 
@@ -108,6 +115,8 @@ from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
 GMACS_KEYS = ("rn18_gmacs_dense", "rn50_gmacs_dense", "effl1_gmacs_dense")  # any dtype
 HEADLINE = (
     "rn18_speedup_over_theory_40",
+    "lraspp_mbv3_speedup_over_theory_40",
+    "deeplabv3_rn50_speedup_over_theory_40",
     "rn18_block_ops_share_40",
     "effl1_speedup_over_theory_40",
     "rn18_all_hr_overhead",
@@ -275,7 +284,7 @@ def build(args, log, dtype: str) -> dict:
         }
         for hw in red:
             cfgs[f"dense{hw[0]}x{hw[1]}"] = {
-                "label": f"SwiftNet {hw[0]}x{hw[1]}",
+                "label": f"dense net {hw[0]}x{hw[1]}",
                 "kind": "reduced",
                 "frac": None,
                 "model": net,
@@ -349,6 +358,8 @@ def measure_memory(args, log, dtype: str) -> dict | None:
         args.device,
         "--dtype",
         dtype,
+        "--models",
+        args.models,
     ]
     log(f"[memory] child process ({dtype}): one warm-up + one measured forward per configuration")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -381,13 +392,17 @@ def profiled_run(model: SegBlocksModel, x, device) -> dict:
 
         return hook
 
-    # The SPP's hooks wrap its dense fallback (combine -> SPP -> re-split); its first and
-    # last layers bracket the dense SPP itself.
-    pol, fb = model.policy, model.net.spp
+    # A dense module's hooks wrap its fallback (combine -> module -> re-split); for SwiftNet's
+    # SPP its first and last layers bracket the dense SPP itself.
+    pol = model.policy
     hooks += [pol.register_forward_pre_hook(at("pol0")), pol.register_forward_hook(at("pol1"))]
-    hooks += [fb.register_forward_pre_hook(at("fb0")), fb.register_forward_hook(at("fb1"))]
-    hooks += [fb.bottleneck.register_forward_pre_hook(at("in0"))]
-    hooks += [fb.fuse.register_forward_hook(at("in1"))]
+    names = list(model.net.dense_modules)
+    fb = model.net.get_submodule(names[0]) if names else None
+    if fb is not None:
+        hooks += [fb.register_forward_pre_hook(at("fb0")), fb.register_forward_hook(at("fb1"))]
+    if hasattr(fb, "bottleneck") and hasattr(fb, "fuse"):
+        hooks += [fb.bottleneck.register_forward_pre_hook(at("in0"))]
+        hooks += [fb.fuse.register_forward_hook(at("in1"))]
     try:
         with BlockStats() as st:
             sync(device)
@@ -406,8 +421,9 @@ def profiled_run(model: SegBlocksModel, x, device) -> dict:
         "combine": st.times["combine"],
         # part of "rest": the SPP's dense fallback re-splits its output into blocks (not timed
         # by BlockStats); the combine before the SPP is in "combine"
-        "spp_dense": t["in1"] - t["in0"],
-        "spp_resplit": t["fb1"] - t["in1"],
+        "spp_dense": t["in1"] - t["in0"] if "in1" in t else None,
+        "spp_resplit": t["fb1"] - t["in1"] if "in1" in t else None,
+        "dense_fallback": t["fb1"] - t["fb0"] if "fb1" in t else 0.0,
     }
     res["rest"] = total - sum(res[k] for k in MODULES)
     return res
@@ -673,16 +689,28 @@ def print_model(key: str, r: dict, mem: dict | None, out) -> None:
                 f"{pr['block_ops_share'] * 100:5.1f}"
             )
         p(line)
-    p("rest of the SegBlocks rows: of which dense SPP / SPP re-split into blocks (ms):")
-    p(
-        "  "
-        + "; ".join(
-            f"{cr['label'].replace('SegBlocks ', '')}: {cr['profile']['spp_dense'] * 1e3:.1f} / "
-            f"{cr['profile']['spp_resplit'] * 1e3:.1f}"
-            for cr in r["configs"].values()
-            if cr.get("profile")
+    profiled = [cr for cr in r["configs"].values() if cr.get("profile")]
+    if profiled and profiled[0]["profile"].get("spp_dense") is not None:
+        p("rest of the SegBlocks rows: of which dense SPP / SPP re-split into blocks (ms):")
+        p(
+            "  "
+            + "; ".join(
+                f"{cr['label'].replace('SegBlocks ', '')}: "
+                f"{cr['profile']['spp_dense'] * 1e3:.1f} / "
+                f"{cr['profile']['spp_resplit'] * 1e3:.1f}"
+                for cr in profiled
+            )
         )
-    )
+    elif profiled:
+        p("rest of the SegBlocks rows: of which dense-fallback modules, combine to re-split (ms):")
+        p(
+            "  "
+            + "; ".join(
+                f"{cr['label'].replace('SegBlocks ', '')}: "
+                f"{cr['profile']['dense_fallback'] * 1e3:.1f}"
+                for cr in profiled
+            )
+        )
     se = r.get("static_equal_gmacs")
     if se:
         p(
@@ -697,7 +725,7 @@ def print_model(key: str, r: dict, mem: dict | None, out) -> None:
 
 def headline(res: dict, models: dict, sfx: str) -> None:
     """The headline keys of one dtype (``sfx``: "" for float32, "_bf16")."""
-    for key in ("rn18", "effl1"):
+    for key, _, _ in MODELS:
         r = models.get(key)
         if not r or "error" in r:
             continue
@@ -773,6 +801,12 @@ def main(argv=None) -> int:
             gm[name] = count_macs_dense(net, (1, 3, H, W)).total / 1e9
             del net
     res["dense_gmacs"] = {n: {"ours": v, "paper": PAPER_GMACS[n]} for n, v in gm.items()}
+    with torch.inference_mode():
+        for _, name, _ in MODELS:
+            if name not in gm:
+                net = create_model(name, num_classes=NUM_CLASSES).eval()
+                gm[name] = count_macs_dense(net, (1, 3, H, W)).total / 1e9
+                del net
 
     snap0 = cpu_snapshot()
     by_dtype = bench(args, log, dtypes, guard)
@@ -887,10 +921,24 @@ def parse_args(argv=None):
         "tests only: the paper comparison is at 1024x2048",
     )
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument(
+        "--models",
+        default=",".join(k for k, _, _ in ALL_MODELS),
+        help="comma-separated subset of "
+        + ",".join(k for k, _, _ in ALL_MODELS)
+        + " (default all)",
+    )
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child run")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     add_dtype_argument(ap, "weights and input dtype")
-    return resolve_run_arguments(ap, ap.parse_args(argv))
+    args = resolve_run_arguments(ap, ap.parse_args(argv))
+    keys = [k.strip() for k in args.models.split(",") if k.strip()]
+    known = [k for k, _, _ in ALL_MODELS]
+    if not keys or any(k not in known for k in keys):
+        ap.error(f"--models {args.models!r}: choose from {', '.join(known)}")
+    global MODELS
+    MODELS = tuple(m for m in ALL_MODELS if m[0] in keys)
+    return args
 
 
 if __name__ == "__main__":
