@@ -43,9 +43,8 @@ from _common import DTYPES, cpu_snapshot, foreign_load, machine_info  # noqa: E4
 #: (name, label, group) in table order; the checkpoint is DIR/NAME/last.pt or DIR/NAME.pt
 MODELS = (
     ("static_full", "static 1.0x", "static"),
-    ("static_full_ft", "static 1.0x (+6 ep)", "static+ft"),
-    ("static_08", "static 0.8x", "static+ft"),
-    ("static_06", "static 0.6x", "static+ft"),
+    ("static_08", "static 0.8x", "static"),
+    ("static_06", "static 0.6x", "static"),
     ("segblocks_tau04", "SegBlocks tau 0.4", "SegBlocks"),
     ("segblocks_tau02", "SegBlocks tau 0.2", "SegBlocks"),
     ("heuristic_tau04", "heuristic tau 0.4", "heuristic"),

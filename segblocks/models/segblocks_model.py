@@ -175,7 +175,10 @@ class SegBlocksModel(nn.Module):
         size = self.policy.scaled_size(*x.shape[-2:])
         if size == tuple(x.shape[-2:]):
             return x
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        # antialiased resizing has CPU kernels for float32 / float64 only (not bfloat16)
+        y = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        y = F.interpolate(y, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return y.to(x.dtype)
 
     def run_dense(self, x: Tensor) -> Tensor:
         """The plain network on the (padded) image ``x [N, 3, H, W]``, resized by the

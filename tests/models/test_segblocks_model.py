@@ -153,3 +153,11 @@ def test_dense_policy_at_reduced_scale():
         SegBlocksModel(net, "dense", block_size=64, scale=0)
     with pytest.raises(ValueError, match="input_pad 'reflect'"):
         SegBlocksModel(net, "dense", block_size=64, input_pad="reflect")
+
+
+def test_dense_policy_at_reduced_scale_in_bfloat16():
+    net = _net("swiftnet_rn18").to(torch.bfloat16)
+    model = SegBlocksModel(net, "dense", block_size=64, scale=0.75).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 256, dtype=torch.bfloat16))
+    assert out.logits.dtype == torch.bfloat16 and out.logits.shape == (1, 5, 128, 256)
