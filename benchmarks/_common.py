@@ -19,14 +19,9 @@ import torch
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from segblocks.measuring.calibrate import cpu_name
+
+    return cpu_name()
 
 
 # glibc returns every freed block above 32 MB to the OS, so each large activation is mmapped
