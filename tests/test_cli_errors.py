@@ -490,3 +490,14 @@ def test_infer_with_a_budget(tmp_path, images, capsys):
     assert not np.array_equal(hr, np.asarray(Image.open(out / "a_hr.png")))
     assert main([*argv, "--budget", "fast"]) == 2
     one_line_error(capsys, "budget 'fast' is not a number")
+
+
+def test_bench_with_budgets(capsys):
+    base = ["bench", "--size", "128x256", "--block-size", "64", "--hr", "0.5", "--runs", "1"]
+    assert main([*base, "--warmup", "0", "--threads", "1", "--budget", "0.25,2gmacs"]) == 0
+    out = capsys.readouterr().out
+    assert "0.25 (25%)" in out and "2gmacs (" in out
+    assert main([*base, "--budget=-2ms"]) == 2
+    assert "must be a finite number >= 0" in capsys.readouterr().out
+    assert main([*base, "--budget", "30ms"]) == 2
+    assert "needs a latency calibration" in capsys.readouterr().out

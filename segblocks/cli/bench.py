@@ -27,6 +27,12 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=2, help="warm-up runs (default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--budget",
+        help="comma-separated budgets timed as budgeted runs (heuristic ranking): e.g. "
+        "0.3,40gmacs,500ms",
+    )
+    p.add_argument("--calibration", help="latency calibration (segblocks calibrate) for ms budgets")
     add_dtype_argument(p)
     p.set_defaults(func=run)
 
@@ -47,7 +53,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    budgets = [b.strip() for b in (args.budget or "").split(",") if b.strip()]
     try:
+        from segblocks.policies.budget import Budget
+
+        for b in budgets:
+            Budget.parse(b)
+        cal = None
+        if args.calibration:
+            from segblocks.measuring.calibrate import LatencyCalibration
+
+            cal = LatencyCalibration.load(
+                args.calibration,
+                model=args.model,
+                size=(h, w),
+                block_size=args.block_size,
+                dtype=args.dtype,
+                threads=torch.get_num_threads(),
+            )
         rows = bench_model(
             args.model,
             (h, w),
@@ -57,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
             args.warmup,
             seed=args.seed,
             dtype=getattr(torch, args.dtype),
+            budgets=budgets,
+            calibration=cal,
         )
     except ValueError as e:
         print(f"segblocks bench: error: {e}")
@@ -66,11 +91,13 @@ def run(args: argparse.Namespace) -> int:
         f"{torch.__version__}, {torch.get_num_threads()} threads, median of {args.runs} runs "
         f"after {args.warmup} warm-up, dense and block runs interleaved, new random mask per run"
     )
-    print(f"{'config':>10} {'GMACs':>8} {'ms':>9} {'speedup':>8} {'theory':>7} {'ratio':>6}")
+    print(f"{'config':>16} {'GMACs':>8} {'ms':>9} {'speedup':>8} {'theory':>7} {'ratio':>6}")
     for r in rows:
         name = "dense" if r["hr"] is None else f"{r['hr'] * 100:.0f}% HR"
+        if "budget" in r:
+            name = f"{r['budget']} ({r['hr'] * 100:.0f}%)"
         print(
-            f"{name:>10} {r['gmacs']:8.2f} {r['ms']:9.1f} {r['speedup']:8.3f} "
+            f"{name:>16} {r['gmacs']:8.2f} {r['ms']:9.1f} {r['speedup']:8.3f} "
             f"{r['theory']:7.3f} {r['ratio']:6.2f}"
         )
     return 0

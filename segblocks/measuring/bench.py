@@ -42,8 +42,15 @@ def bench_model(
     num_classes: int = 19,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    budgets=(),
+    calibration=None,
 ) -> list[dict]:
     """Rows ``{hr, gmacs, theory, ms, speedup, ratio}`` (first row: dense, ``hr`` None).
+
+    ``budgets`` (e.g. ``["0.3", "40gmacs", "500ms"]``) add rows of the budgeted model: the
+    heuristic policy ranks the blocks of the (fixed) image and the top ones that fit the budget
+    run in HR (row key ``budget``; ``hr`` is the fraction that ran); ``calibration`` (a
+    :class:`~segblocks.measuring.calibrate.LatencyCalibration`) is needed for ms budgets.
 
     CPU/GPU agnostic (runs where the default device is); channels-last, BN folded into convs
     for both sides, ``torch.inference_mode``. The folded network and the input are cast to
@@ -74,12 +81,29 @@ def bench_model(
         macs = count_macs_segblocks(model, x, mask=mask).total
         rows.append(dict(hr=f, gmacs=macs / 1e9, theory=dense_macs / macs))
 
+    budgeted = SegBlocksModel(net, "heuristic", block_size, tau=0.5).eval()
+    budgeted.latency_calibration = calibration
+    with torch.inference_mode():
+        for b in budgets:
+            mask, _ = budgeted.budget_mask(x, b, (gh, gw))
+            macs = count_macs_segblocks(budgeted, x, mask=mask).total
+            rows.append(
+                dict(
+                    hr=float(mask.float().mean()),
+                    budget=str(b),
+                    gmacs=macs / 1e9,
+                    theory=dense_macs / macs,
+                )
+            )
+
     times = {i: [] for i in range(len(rows))}
     with torch.inference_mode():
         for r in range(warmup + runs):
             for i, row in enumerate(rows):
                 if row["hr"] is None:
                     fn = lambda: net(x)  # noqa: E731
+                elif "budget" in row:
+                    fn = lambda b=row["budget"]: budgeted(x, budget=b)  # noqa: E731
                 else:
                     m = _random_fraction_mask(gen, gh, gw, row["hr"])
                     fn = lambda m=m: model(x, mask=m)  # noqa: E731
