@@ -560,7 +560,9 @@ def compare_macs(
         # sampling (training mode) gives a mask with about tau HR blocks instead.
         pol.train()
     dense = count_macs_dense(model, x)
-    if hasattr(model, "forward_logits") and hasattr(model, "dense_modules"):
+    from segblocks.models.generic import missing_protocol
+
+    if not missing_protocol(model):
         blocks = count_macs_segblocks(SegBlocksModel(model, pol, block_size), x)
     else:
         blocks = count_macs_blocks(model, x, block_size=block_size, policy=pol)

@@ -24,7 +24,15 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SegmentationNet", "Select"]
+__all__ = ["SegmentationNet", "Select", "PROTOCOL", "missing_protocol"]
+
+#: what SegBlocksModel calls on a network
+PROTOCOL = ("forward_logits", "dense_modules")
+
+
+def missing_protocol(net) -> list[str]:
+    """The :data:`PROTOCOL` attributes ``net`` lacks (empty: it runs in SegBlocksModel)."""
+    return [a for a in PROTOCOL if not hasattr(net, a)]
 
 
 class Select(nn.Module):

@@ -30,6 +30,7 @@ from ..blocks import BlockSample, BlockTensor, block_combine
 from ..blocks.fallback import run_densely
 from ..policies import Dense, Policy, create_policy
 from ..policies.budget import AffineCost, Budget, budget_count, top_k_mask
+from .generic import missing_protocol
 from .registry import create_model
 
 __all__ = ["SegBlocksModel", "SegBlocksOutput", "create_segblocks"]
@@ -108,7 +109,7 @@ class SegBlocksModel(nn.Module):
         super().__init__()
         if input_pad not in ("replicate", "zeros"):
             raise ValueError(f"input_pad {input_pad!r} must be 'replicate' or 'zeros'")
-        missing = [a for a in ("forward_logits", "dense_modules") if not hasattr(net, a)]
+        missing = missing_protocol(net)
         if missing:
             raise TypeError(
                 f"{type(net).__name__} lacks {' and '.join(missing)}; wrap it as "

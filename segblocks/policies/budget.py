@@ -98,8 +98,7 @@ def budget_count(budget: Budget, num_blocks: int, cost: AffineCost | None = None
     """The number of HR blocks per image a budget allows (clamped to ``[0, num_blocks]``
     with a warning naming the cost actually used)."""
     if budget.unit == "fraction":
-        k = math.floor(budget.value * num_blocks + 1e-9)
-        return k
+        return math.floor(budget.value * num_blocks + 1e-9)
     if budget.unit == "blocks":
         k = math.floor(budget.value + 1e-9)
         if k > num_blocks:

@@ -19,6 +19,15 @@ from .base import (
 __all__ = ["Dense", "AllHR", "AllLR", "FixedMask", "RandomPolicy", "HeuristicPolicy"]
 
 
+@register_policy("all_hr")
+class AllHR(Policy):
+    """Every block at high resolution (block execution then equals the dense network)."""
+
+    def decide(self, image, grid_shape):
+        mask = _empty_like_grid(image, grid_shape, True)
+        return PolicyOutput.from_mask(mask, probs=mask.float())
+
+
 @register_policy("dense")
 class Dense(Policy):
     """No block execution: :class:`~segblocks.models.segblocks_model.SegBlocksModel` runs the
@@ -41,9 +50,7 @@ class Dense(Policy):
             raise ValueError(f"dense policy scale {scale:g} must be in (0, 2]; 1 = full resolution")
         self.scale = scale
 
-    def decide(self, image, grid_shape):
-        mask = _empty_like_grid(image, grid_shape, True)
-        return PolicyOutput.from_mask(mask, probs=mask.float())
+    decide = AllHR.decide  # every pixel is processed (at the network's input scale)
 
     def scaled_size(self, h: int, w: int) -> tuple[int, int]:
         """The network's input size for a ``h x w`` (padded) image."""
@@ -51,15 +58,6 @@ class Dense(Policy):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:g}"
-
-
-@register_policy("all_hr")
-class AllHR(Policy):
-    """Every block at high resolution (block execution then equals the dense network)."""
-
-    def decide(self, image, grid_shape):
-        mask = _empty_like_grid(image, grid_shape, True)
-        return PolicyOutput.from_mask(mask, probs=mask.float())
 
 
 @register_policy("all_lr")

@@ -118,8 +118,9 @@ def _reduction(name: str, reduce):
 
 register_block_op(torch.mean, Tensor.mean)(_reduction("mean", global_mean))
 register_block_op(torch.sum, Tensor.sum)(_reduction("sum", global_sum))
-register_block_op(torch.amax, Tensor.amax)(
-    lambda x, dim=(), keepdim=False, *, out=None: _reduction("amax", global_max)(
-        x, dim, keepdim, out=out
-    )
-)
+_amax = _reduction("amax", global_max)
+
+
+@register_block_op(torch.amax, Tensor.amax)
+def _amax_handler(x, dim=(), keepdim=False, *, out=None):
+    return _amax(x, dim, keepdim, out=out)  # torch.amax has no dtype argument
