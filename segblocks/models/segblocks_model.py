@@ -56,7 +56,8 @@ class SegBlocksOutput:
 
 
 class SegBlocksModel(nn.Module):
-    """Wraps a SwiftNet (``segblocks.models.SwiftNet``) for block-based dynamic resolution.
+    """Wraps a segmentation network (a SwiftNet or any ``SegmentationNet``) for block-based
+    dynamic resolution.
 
     Args:
         net: the segmentation network, with the protocol of
