@@ -10,6 +10,8 @@ from segblocks.measuring.macs import count_macs_dense, count_macs_segblocks
 from segblocks.models import SegmentationNet, create_model
 from segblocks.models.segblocks_model import SegBlocksModel
 
+from ..blocks.reference_module import run_reference_model
+
 # (name, block size, input side): block sizes are multiples of 2 x the output stride
 RECIPES = [
     ("fcn_resnet50", 32, 128),
@@ -71,3 +73,28 @@ def test_generic_wrapper_with_a_plain_module_and_errors():
         SegBlocksModel(torch.nn.Conv2d(3, 4, 1), "all_hr", 8)
     with pytest.raises(ValueError, match="needs a reason"):
         SegmentationNet(enc, head, num_classes=4, output_stride=2, dense_modules={"head": ""})
+
+
+@pytest.mark.parametrize(
+    "name,bs,side,pad_mode,combine",
+    [(*r, "avg", "nearest") for r in RECIPES]
+    + [
+        ("lraspp_mobilenet_v3_large", 64, 128, "strided", "bilinear"),
+        ("deeplabv3_resnet50", 32, 64, "strided", "bilinear"),
+    ],
+)
+def test_recipe_mixed_mask_equals_the_reference_executor(name, bs, side, pad_mode, combine):
+    """The whole model on a mixed mask (both resolutions, every border case) against the slow
+    block-by-block executor of ``tests/blocks/reference_module.py``, in float64."""
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=5).eval().double()
+    x = torch.randn(2, 3, side, 2 * side, dtype=torch.float64)
+    gh, gw = side // bs, 2 * side // bs
+    mask = torch.rand(2, gh, gw) < 0.5
+    mask[0, 0, 0], mask[0, -1, -1], mask[1, 0, -1] = True, False, True  # both levels present
+    model = SegBlocksModel(net, "all_hr", bs, pad_mode=pad_mode, combine=combine).eval()
+    with torch.no_grad():
+        got = model.run_blocks(model.sample(x, mask))
+        ref = run_reference_model(net, x, mask, bs, mode=pad_mode, combine=combine)
+    assert got.shape == ref.shape
+    assert _rel(got, ref) <= 1e-10
