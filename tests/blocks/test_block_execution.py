@@ -44,6 +44,7 @@ from .reference import (
     small_cnn,
     small_cnn_b,
 )
+from .reference_module import RefBlocks
 
 # ============================================================================ trunks
 
@@ -709,3 +710,38 @@ def test_outputs_survive_later_passes():
         ph, pl = ref_pad(eh, el, mask, es, 1)
         assert_close(hp, ph, rtol=1e-9, atol=1e-9)
         assert_close(lp, pl, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "act",
+    [
+        lambda a, inplace: F.relu(a, inplace=inplace),
+        lambda a, inplace: F.hardswish(a, inplace=inplace),
+        lambda a, inplace: F.silu(a, inplace=inplace),
+        lambda a, inplace: F.hardtanh(a, -0.5, 0.5, inplace=inplace),
+        lambda a, inplace: a.sigmoid_() if inplace else torch.sigmoid(a),
+    ],
+    ids=["relu_", "hardswish_", "silu_", "hardtanh_", "sigmoid_"],
+)
+def test_inplace_activation_on_fresh_conv_output(act):
+    """In inference an in-place activation overwrites a fresh conv output (as the dense network
+    does), refreshes a halo filled before it and keeps later passes (learned halos) exact."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 24)
+    mask = torch.tensor([[[1, 0, 1], [0, 1, 0]], [[0, 0, 1], [1, 1, 1]]], dtype=torch.bool)
+    w1, w2, w3 = torch.randn(4, 3, 3, 3), torch.randn(4, 4, 3, 3), torch.randn(4, 4, 3, 3)
+
+    def net(t, inplace):
+        a = F.conv2d(t, w1, padding=1)
+        b = F.conv2d(a, w2, padding=1)  # pads `a` before the activation changes it
+        a = act(a, inplace)
+        c = F.conv2d(a, w3, padding=1)  # pads the activated `a`
+        return a, b + c
+
+    ref = [r.combine() for r in net(RefBlocks(*ref_sample(x, mask, 8), mask, 8), False)]
+    sampler = BlockSample(8)
+    with torch.inference_mode():
+        for _ in range(3):  # the first pass learns the halos, later ones write into stores
+            a, y = net(sampler(x, mask), True)
+            assert_close(block_combine(a), ref[0], rtol=1e-5, atol=1e-5)
+            assert_close(block_combine(y), ref[1], rtol=1e-5, atol=1e-4)

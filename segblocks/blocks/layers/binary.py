@@ -53,8 +53,14 @@ _add = register_block_op(torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__)
 _sub = register_block_op(torch.sub, Tensor.sub, Tensor.__sub__)(
     _binary("sub", torch.sub, commutative=False)
 )
+
+
+def _mul_out(a, b, out=None):
+    return torch.mul(a, b, out=out)
+
+
 _mul = register_block_op(torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__)(
-    _binary("mul", torch.mul)
+    _binary("mul", torch.mul, _mul_out)
 )
 _div = register_block_op(torch.div, Tensor.div, Tensor.__truediv__)(
     _binary("div", torch.div, commutative=False)

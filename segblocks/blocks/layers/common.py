@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..dispatch import UnsupportedBlockOp
-from ..tensor import BlockTensor, Store
+from ..tensor import BlockTensor, Store, inference_fast_path
 
 __all__ = ["pair", "map_parts", "no_pending", "operand_parts", "functions", "inplace_functions"]
 
@@ -42,11 +42,16 @@ def map_parts(
     out_fn: Callable | None = None,
     side: int | None = None,
     others: list | None = None,
+    inplace_fn: Callable | None = None,
 ) -> BlockTensor:
     """Apply ``fn`` to each level's blocks; with a learned halo, write into a padded store.
 
     ``others``: per level, the second operand of a binary op, passed as ``fn(a, b)`` /
     ``out_fn(a, b, out)``. ``out_fn`` writes its result into ``out`` (inference only).
+    ``inplace_fn(a, *others)`` overwrites ``a``: used (inference only) when ``x.owned`` (its
+    parts are fresh conv / pool outputs nobody else holds) and no consumer asked for a halo, so
+    an in-place activation after a conv stays in place as in the dense network; ``x`` itself is
+    returned then.
     """
     trace = x.trace
     op_id = x.next_op_id()
@@ -58,6 +63,19 @@ def map_parts(
         parts = store.interiors()
         for a, e, out in zip(x.parts, extra, parts, strict=True):
             out_fn(a, *e, out)
+    elif (
+        inplace_fn is not None
+        and side in (None, x.side)
+        and x.owned
+        and x.pending_pad is None
+        and inference_fast_path()
+    ):
+        for a, e in zip(x.parts, extra, strict=True):
+            inplace_fn(a, *e)
+        if x.store is not None:
+            x.store.halo = None  # the interior changed: the halo must be refilled
+        x.op_id = op_id
+        return x
     else:
         parts = [fn(a, *e) for a, e in zip(x.parts, extra, strict=True)]
     return x.derive(parts, side=side, store=store, op_id=op_id)

@@ -17,8 +17,9 @@ from .common import functions, inplace_functions, map_parts, no_pending
 __all__ = ["unary_handler"]
 
 
-def unary_handler(name: str, fn, out_fn=None):
-    """Handler of an element-wise op ``fn(a, *args, **kwargs)``; ``out_fn`` writes to ``out``."""
+def unary_handler(name: str, fn, out_fn=None, inplace_fn=None):
+    """Handler of an element-wise op ``fn(a, *args, **kwargs)``; ``out_fn`` writes to ``out``,
+    ``inplace_fn`` overwrites ``a`` (used for in-place calls on fresh conv outputs)."""
 
     def handler(x, *args, inplace=False, **kwargs):
         no_pending(x, name)
@@ -26,6 +27,9 @@ def unary_handler(name: str, fn, out_fn=None):
             x,
             lambda a: fn(a, *args, **kwargs),
             None if out_fn is None else (lambda a, out: out_fn(a, *args, out=out, **kwargs)),
+            inplace_fn=(lambda a: inplace_fn(a, *args, **kwargs))
+            if inplace and inplace_fn is not None
+            else None,
         )
         return x.assign(y) if inplace else y
 
@@ -45,21 +49,29 @@ def _hardtanh(a, min_val=-1.0, max_val=1.0, out=None):
     return F.hardtanh(a, min_val, max_val)
 
 
-def _silu(a, out=None):
-    return torch.ops.aten.silu.out(a, out=out) if out is not None else F.silu(a)
+def _hardtanh_(a, min_val=-1.0, max_val=1.0):
+    return torch.clamp_(a, min_val, max_val)
 
 
-def _register_unary(name, fn, out_fn=None):
-    handler, inplace = unary_handler(name, fn, out_fn)
+def _aten(name: str, suffix: str):
+    """``torch.ops.aten.<name>.out`` (``suffix="out"``) or ``torch.ops.aten.<name>_``."""
+    if suffix == "out":
+        op = getattr(torch.ops.aten, name).out
+        return lambda a, *args, out, **kwargs: op(a, *args, out=out, **kwargs)
+    op = getattr(torch.ops.aten, name + "_")
+    return lambda a, *args, **kwargs: op(a, *args, **kwargs)
+
+
+def _register_unary(name, fn, out_fn=None, inplace_fn=None):
+    handler, inplace = unary_handler(name, fn, out_fn, inplace_fn)
     register_block_op(*functions(name))(handler)
     if inplace_functions(name):
         register_block_op(*inplace_functions(name))(inplace)
     return handler
 
 
-_register_unary("relu", _relu, _relu)
-_hardtanh_handler = _register_unary("hardtanh", _hardtanh, _hardtanh)
-_register_unary("silu", _silu, _silu)
+_register_unary("relu", _relu, _relu, torch.relu_)
+_hardtanh_handler = _register_unary("hardtanh", _hardtanh, _hardtanh, _hardtanh_)
 
 
 @register_block_op(F.relu6)
@@ -67,21 +79,28 @@ def _relu6(x, inplace=False):
     return _hardtanh_handler(x, 0.0, 6.0, inplace=inplace)
 
 
+# Single-tensor activations with aten ``.out`` and in-place forms take the fast paths: written
+# straight into a padded store when a conv / pool reads them next, in place after a conv.
 for _name, _fn in [
+    ("silu", F.silu),
     ("sigmoid", torch.sigmoid),
     ("tanh", torch.tanh),
-    ("gelu", F.gelu),
     ("hardswish", F.hardswish),
     ("hardsigmoid", F.hardsigmoid),
+    ("mish", F.mish),
+    ("neg", torch.neg),
+    ("abs", torch.abs),
+    ("exp", torch.exp),
+]:
+    _register_unary(_name, _fn, _aten(_name, "out"), _aten(_name, "inplace"))
+
+for _name, _fn in [
+    ("gelu", F.gelu),
     ("leaky_relu", F.leaky_relu),
     ("elu", F.elu),
     ("selu", F.selu),
     ("celu", F.celu),
-    ("mish", F.mish),
     ("softplus", F.softplus),
-    ("neg", torch.neg),
-    ("abs", torch.abs),
-    ("exp", torch.exp),
 ]:
     _register_unary(_name, _fn)
 
