@@ -113,6 +113,7 @@ def _select(name: str) -> bool:
                 "sample_blocks_backward",
                 "combine_blocks",
                 "combine_blocks_backward",
+                "pad_plan",
             ):
                 setattr(_C, op, getattr(ops, op).default)
     _requested, _cpp = name, use
@@ -596,3 +597,20 @@ halo_fill_backward_ = torch.ops.segblocks.halo_fill_backward_.default
 pad_blocks = torch.ops.segblocks.pad_blocks.default
 sample_blocks = torch.ops.segblocks.sample_blocks.default
 combine_blocks = torch.ops.segblocks.combine_blocks.default
+
+
+# pad plans -------------------------------------------------------------------
+
+
+def pad_plan_indices(mask_flat: Tensor, slot: Tensor, geometry) -> tuple | None:
+    """``(copy_dst, copy_src, avg_dst, avg_src)`` of a zero-bordered halo plan from the C++
+    builder, or ``None`` when it does not apply (python backend, non-CPU grid); the callers then
+    build the same plan with tensor ops (``segblocks.blocks.pad``).
+
+    ``mask_flat [N*GH*GW]`` bool decisions, ``slot [N*GH*GW]`` each cell's index among its
+    level's blocks, ``geometry = [N, GH, GW, s, pt, pb, pl, pr, avg]``. Plan building is not
+    differentiable, so this is a plain function, not a registered op.
+    """
+    if not _on_cpp(mask_flat):
+        return None
+    return _C.pad_plan(mask_flat, slot, [int(g) for g in geometry])

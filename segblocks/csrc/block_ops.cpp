@@ -1034,6 +1034,87 @@ std::tuple<Tensor, Tensor> combine_blocks_backward(const Tensor& grad, const Ten
   return {gh.permute({0, 3, 1, 2}), gl.permute({0, 3, 1, 2})};
 }
 
+
+// Halo plan of a zero-bordered store (pad modes "avg" / "strided"), one entry per halo pixel:
+// the definition of segblocks.blocks.pad._halo_sources, evaluated per pixel in one pass
+// instead of ~20 tensor ops per plan (the Python builders pay ~1 ms of op overhead per plan
+// and a forward needs one plan per distinct (scale, padding)). Halo pixels beyond the image copy
+// row R (the pad value). geometry = [N, GH, GW, s, pt, pb, pl, pr, avg].
+std::tuple<Tensor, Tensor, Tensor, Tensor> pad_plan(const Tensor& mask_flat, const Tensor& slot,
+                                                    at::IntArrayRef geometry) {
+  TORCH_CHECK(geometry.size() == 9, "segblocks: pad_plan geometry has 9 entries");
+  const int64_t N = geometry[0], GH = geometry[1], GW = geometry[2], s = geometry[3];
+  const int64_t pt = geometry[4], pb = geometry[5], pl = geometry[6], pr = geometry[7];
+  const bool avg = geometry[8] != 0;
+  TORCH_CHECK(mask_flat.device().is_cpu() && slot.device().is_cpu(),
+              "segblocks: pad_plan takes CPU tensors");
+  TORCH_CHECK(mask_flat.numel() == N * GH * GW && slot.numel() == N * GH * GW,
+              "segblocks: pad_plan mask / slot do not match the grid");
+  const Tensor m = mask_flat.to(at::kBool).contiguous();
+  const Tensor sl = slot.to(at::kLong).contiguous();
+  const bool* mp = m.const_data_ptr<bool>();
+  const int64_t* sp = sl.const_data_ptr<int64_t>();
+  const int64_t t = s / 2;
+  int64_t num_hr = 0;
+  for (int64_t i = 0; i < N * GH * GW; ++i) num_hr += mp[i] ? 1 : 0;
+  const int64_t num_lr = N * GH * GW - num_hr;
+  const int64_t hr_wp = s + pl + pr, lr_wp = t + pl + pr;
+  const int64_t hr_blk = (s + pt + pb) * hr_wp, lr_blk = (t + pt + pb) * lr_wp;
+  const int64_t rows_hr = num_hr * hr_blk, R = rows_hr + num_lr * lr_blk;
+  const int64_t halo_hr = hr_blk - s * s, halo_lr = lr_blk - t * t;
+  std::vector<int64_t> cd, cs, ad, as;
+  cd.reserve(num_hr * halo_hr + num_lr * halo_lr);
+  cs.reserve(cd.capacity());
+  for (int level = 0; level < 2; ++level) {
+    const bool req_hr = level == 0;
+    const int64_t side = req_hr ? s : t, wp = side + pl + pr, blk = req_hr ? hr_blk : lr_blk;
+    const int64_t H = GH * side, W = GW * side;
+    for (int64_t cell = 0; cell < N * GH * GW; ++cell) {
+      if (mp[cell] != req_hr) continue;
+      const int64_t n = cell / (GH * GW), gy = (cell / GW) % GH, gx = cell % GW;
+      const int64_t base = (req_hr ? 0 : rows_hr) + sp[cell] * blk;
+      for (int64_t y = -pt; y < side + pb; ++y) {
+        for (int64_t x = -pl; x < side + pr; ++x) {
+          if (y >= 0 && y < side && x >= 0 && x < side) continue;  // interior
+          const int64_t dst = base + (y + pt) * wp + (x + pl);
+          const int64_t Y = gy * side + y, X = gx * side + x;
+          if (Y < 0 || Y >= H || X < 0 || X >= W) {
+            cd.push_back(dst);
+            cs.push_back(R);
+            continue;
+          }
+          const int64_t ny = Y / side, nx = X / side, qy = Y - ny * side, qx = X - nx * side;
+          const int64_t nc = n * GH * GW + ny * GW + nx;
+          const int64_t ns = sp[nc];
+          if (req_hr) {  // HR neighbour: same pixel; LR neighbour: nearest-upsampled
+            cd.push_back(dst);
+            cs.push_back(mp[nc] ? ns * hr_blk + (qy + pt) * hr_wp + (qx + pl)
+                                : rows_hr + ns * lr_blk + (qy / 2 + pt) * lr_wp + (qx / 2 + pl));
+          } else if (!mp[nc]) {  // LR neighbour: same pixel
+            cd.push_back(dst);
+            cs.push_back(rows_hr + ns * lr_blk + (qy + pt) * lr_wp + (qx + pl));
+          } else {  // HR neighbour: its 2x2 group (avg) or the group's top-left (strided)
+            const int64_t tl = ns * hr_blk + (2 * qy + pt) * hr_wp + (2 * qx + pl);
+            if (avg) {
+              ad.push_back(dst);
+              as.insert(as.end(), {tl, tl + 1, tl + hr_wp, tl + hr_wp + 1});
+            } else {
+              cd.push_back(dst);
+              cs.push_back(tl);
+            }
+          }
+        }
+      }
+    }
+  }
+  auto to_tensor = [](const std::vector<int64_t>& v) {
+    Tensor out = at::empty({static_cast<int64_t>(v.size())}, at::kLong);
+    if (!v.empty()) std::memcpy(out.data_ptr<int64_t>(), v.data(), v.size() * sizeof(int64_t));
+    return out;
+  };
+  return {to_tensor(cd), to_tensor(cs), to_tensor(ad), to_tensor(as)};
+}
+
 }  // namespace
 }  // namespace segblocks_kernels
 
@@ -1061,6 +1142,7 @@ TORCH_LIBRARY(segblocks_C, m) {
   m.def(
       "combine_blocks_backward(Tensor grad, Tensor hr_cells, Tensor lr_cells, int[] geometry) "
       "-> (Tensor, Tensor)");
+  m.def("pad_plan(Tensor mask_flat, Tensor slot, int[] geometry) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(segblocks_C, CPU, m) {
@@ -1072,4 +1154,5 @@ TORCH_LIBRARY_IMPL(segblocks_C, CPU, m) {
   m.impl("sample_blocks_backward", &segblocks_kernels::sample_blocks_backward);
   m.impl("combine_blocks", &segblocks_kernels::combine_blocks);
   m.impl("combine_blocks_backward", &segblocks_kernels::combine_blocks_backward);
+  m.impl("pad_plan", &segblocks_kernels::pad_plan);
 }
