@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import kernels
@@ -33,9 +34,12 @@ __all__ = [
     "BORDERS",
     "PadPlan",
     "pad_plan",
+    "hr_pad_plan",
     "normalize_pads",
     "padded_parts",
     "block_pad",
+    "lr_canvas",
+    "lr_cells_of",
 ]
 
 #: How a low-res block reads a high-res neighbour into its halo (paper Fig. 6 and Table 9).
@@ -369,14 +373,87 @@ def _halo_sources(grid: BlockGrid, requester_hr: bool, geo, mode, border):
 
 
 # ---------------------------------------------------------------------- applying plans
-def fill_halo(store: Store, grid: BlockGrid, mode: str, border: str, value: float) -> None:
-    """Fill the halo of ``store`` in place (inference; interiors already written)."""
+def hr_pad_plan(
+    grid: BlockGrid, side: int, pads: tuple[int, int, int, int], mode: str = "avg", border="zeros"
+) -> PadPlan:
+    """The part of :func:`pad_plan` that fills the halos of HR blocks only (for ops that read
+    the LR level another way, e.g. from :func:`lr_canvas`)."""
+
+    def build():
+        plan = pad_plan(grid, side, pads, mode, border)
+        keep = plan.copy_dst < plan.rows_hr
+        empty = plan.avg_dst[:0]
+        return PadPlan(
+            plan.pads,
+            plan.rows_hr,
+            plan.rows,
+            plan.copy_dst[keep],
+            plan.copy_src[keep],
+            empty,
+            plan.avg_src[:0],
+            plan.const_dst[plan.const_dst < plan.rows_hr],
+        )
+
+    return grid.cached(("pad_hr", side, tuple(pads), mode, border), build)
+
+
+def fill_halo(
+    store: Store, grid: BlockGrid, mode: str, border: str, value: float, hr_only: bool = False
+) -> None:
+    """Fill the halo of ``store`` in place (inference; interiors already written); with
+    ``hr_only`` the halos of the HR blocks only (the LR ones keep stale values)."""
     key = (mode, border, value)
-    if store.halo == key:
+    if store.halo == key or (hr_only and store.halo == (*key, "hr")):
         return
-    plan = pad_plan(grid, store.side, store.pads, mode, border)
+    if hr_only:
+        plan = hr_pad_plan(grid, store.side, store.pads, mode, border)
+        key = (*key, "hr")
+    else:
+        plan = pad_plan(grid, store.side, store.pads, mode, border)
     kernels.halo_fill_(store.flat, *plan.tensors(), float(value))
     store.halo = key  # only reached without autograd (see _padded_parts)
+
+
+def lr_canvas(x: BlockTensor, pads, mode: str | None = None) -> Tensor:
+    """The LR level as one padded map: ``[N, C, GH*t+pt+pb, GW*t+pl+pr]`` (channels-last,
+    ``t = x.side // 2``) holding the LR blocks as they are and the HR blocks reduced 2x as LR
+    halos see them (``avg``: 2x2 mean, ``strided``: top-left pixel), zero beyond the image.
+
+    The window of an LR cell in it is exactly that LR block padded by ``pads`` (what
+    :func:`padded_parts` gives for the LR level, zero border), so an op that reads padded LR
+    blocks can run once on the canvas and keep the LR cells of its output
+    (:func:`lr_cells_of`). That pays where LR halos dwarf their tiles (a 4x4 tile padded by 4
+    reads 9x its pixels): the canvas costs one write of the LR-resolution map instead; the op
+    also computes the HR cells' outputs at LR resolution, which are dropped.
+    """
+    mode = x.pad_mode if mode is None else mode
+    if mode not in ("avg", "strided"):
+        raise ValueError(f"lr_canvas needs pad mode 'avg' or 'strided', not {mode!r}")
+    g = x.grid
+    t = x.side // 2
+    pt, pb, pl, pr = pads
+    H, W = g.GH * t, g.GW * t
+    canvas = x.parts[1].new_empty(g.N, H + pt + pb, W + pl + pr, x.channels)
+    for region in (canvas[:, :pt], canvas[:, pt + H :], canvas[:, :, :pl], canvas[:, :, pl + W :]):
+        region.zero_()
+    cells = canvas[:, pt : pt + H, pl : pl + W].view(g.N, g.GH, t, g.GW, t, -1)
+    cells = cells.permute(0, 1, 3, 2, 4, 5)  # [N, GH, GW, t, t, C]
+    if g.num_lr:
+        cells[g.cells(False)] = x.parts[1].permute(0, 2, 3, 1)
+    if g.num_hr:
+        hr = x.parts[0]
+        red = F.avg_pool2d(hr, 2) if mode == "avg" else hr[:, :, ::2, ::2]
+        cells[g.cells(True)] = red.permute(0, 2, 3, 1)
+    return canvas.permute(0, 3, 1, 2)
+
+
+def lr_cells_of(y: Tensor, grid: BlockGrid) -> Tensor:
+    """The LR cells' tiles ``[Nl, C, o, o]`` (channels-last) of a map ``y [N, C, GH*o, GW*o]``
+    computed on :func:`lr_canvas`."""
+    N, C, Ho, Wo = y.shape
+    o = Ho // grid.GH
+    tiles = y.permute(0, 2, 3, 1).reshape(N, grid.GH, o, grid.GW, o, C).permute(0, 1, 3, 2, 4, 5)
+    return tiles[grid.cells(False)].permute(0, 3, 1, 2)
 
 
 def padded_parts(
@@ -387,17 +464,21 @@ def padded_parts(
     value: float = 0.0,
     mode: str | None = None,
     fresh: bool = False,
+    hr_only: bool = False,
 ) -> list[Tensor]:
     """Per level padded blocks of ``x`` for an op that pads by ``pads`` (see :func:`block_pad`).
 
     Without ``fresh`` (the layers' path) the result may be views of a buffer that the next
-    padded read of ``x`` refills, so it must be consumed before that.
+    padded read of ``x`` refills, so it must be consumed before that. ``hr_only`` (inference):
+    only the HR blocks' halos are filled; the LR level is returned but must not be read.
     """
     with timed("pad", x.device):
-        return _padded_parts(x, normalize_pads(pads), border, value, mode, fresh)
+        return _padded_parts(x, normalize_pads(pads), border, value, mode, fresh, hr_only)
 
 
-def _padded_parts(x: BlockTensor, pads, border, value, mode, fresh=False) -> list[Tensor]:
+def _padded_parts(
+    x: BlockTensor, pads, border, value, mode, fresh=False, hr_only=False
+) -> list[Tensor]:
     mode = x.pad_mode if mode is None else mode
     if border not in BORDERS:
         raise ValueError(f"border {border!r} must be one of {BORDERS}")
@@ -420,7 +501,7 @@ def _padded_parts(x: BlockTensor, pads, border, value, mode, fresh=False) -> lis
         if not fresh:
             # Later consumers with the same halo (e.g. a residual branch) reuse this buffer.
             x.store, x.parts = st, st.interiors()
-    fill_halo(st, x.grid, mode, border, value)
+    fill_halo(st, x.grid, mode, border, value, hr_only)
     return st.padded()
 
 

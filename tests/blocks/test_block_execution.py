@@ -745,3 +745,41 @@ def test_inplace_activation_on_fresh_conv_output(act):
             a, y = net(sampler(x, mask), True)
             assert_close(block_combine(a), ref[0], rtol=1e-5, atol=1e-5)
             assert_close(block_combine(y), ref[1], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("pad_mode", ["avg", "strided"])
+@pytest.mark.parametrize(
+    "k,stride,padding,dilation",
+    [(5, 1, 4, 2), (5, 1, 2, 1), (3, 2, 1, 1), (5, 2, 2, 1), (3, 1, (2, 1), (2, 1))],
+)
+def test_depthwise_conv_on_the_lr_canvas_equals_padded_tiles(
+    k, stride, padding, dilation, pad_mode
+):
+    """Depthwise convs whose LR halos dwarf the tiles run the LR level on the LR canvas
+    (inference); the result is the reference's (padded LR tiles), with and without F.pad."""
+    from segblocks.blocks.layers import conv as conv_layer
+
+    torch.manual_seed(0)
+    C, bs = 6, 4  # LR tiles 2x2: every case pads them to >= 4x their pixels
+    x = torch.randn(2, C, 8, 16, dtype=torch.float64)
+    mask = torch.tensor(
+        [[[1, 0, 0, 1], [0, 1, 1, 0]], [[0, 0, 0, 0], [1, 0, 1, 1]]], dtype=torch.bool
+    )
+    w = torch.randn(C, 1, k, k, dtype=torch.float64)
+    b = torch.randn(C, dtype=torch.float64)
+
+    def net(t):
+        y = F.conv2d(t, w, b, stride, padding, dilation, C)
+        return F.conv2d(F.pad(y, (1, 0, 0, 1)), w[:, :, :2, :2], None, 1, 0, 1, C)
+
+    ref = net(RefBlocks(*ref_sample(x, mask, bs), mask, bs, pad_mode)).combine()
+    calls = []
+    orig = conv_layer.lr_canvas
+    try:
+        conv_layer.lr_canvas = lambda *a, **kw: calls.append(1) or orig(*a, **kw)
+        with torch.inference_mode():
+            got = block_combine(net(BlockSample(bs, pad_mode)(x, mask)))
+    finally:
+        conv_layer.lr_canvas = orig
+    assert calls  # the canvas path ran
+    assert_close(got, ref, rtol=1e-10, atol=1e-10)

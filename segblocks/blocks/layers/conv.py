@@ -16,9 +16,9 @@ from torch import Tensor
 
 from ..cache import register_cache
 from ..dispatch import UnsupportedBlockOp, register_block_op
-from ..pad import padded_parts
-from ..stats import count_conv
-from ..tensor import BlockTensor
+from ..pad import lr_canvas, lr_cells_of, padded_parts
+from ..stats import count_conv, timed
+from ..tensor import BlockTensor, inference_fast_path
 from .common import pair
 from .geometry import crop, op_geometry, padded_or_plain
 
@@ -28,6 +28,7 @@ __all__ = [
     "IM2COL_MIN_CHANNELS",
     "IM2COL_TINY_SIDE",
     "IM2COL_TINY_MIN_CHANNELS",
+    "CANVAS_MIN_HALO_RATIO",
     "gemm_weight",
 ]
 
@@ -45,6 +46,13 @@ IM2COL_MIN_CHANNELS = 256
 #: 2 threads), where im2col + GEMM stayed within 1.0-1.6x.
 IM2COL_TINY_SIDE = 2
 IM2COL_TINY_MIN_CHANNELS = 64
+
+#: Depthwise convs whose padded LR tile has at least this many times the tile's pixels run the
+#: LR level once on the LR canvas (``segblocks.blocks.pad.lr_canvas``) instead of on padded LR
+#: tiles: e.g. MobileNetV3's dilated 5x5 depthwise convs at output stride 16 and block 128 pad
+#: 4x4 LR tiles by 4 (12x12, 9x), where filling and reading the halos cost more than the conv.
+#: Depthwise only: its MACs are few, so computing the HR cells of the canvas too costs little.
+CANVAS_MIN_HALO_RATIO = 4.0
 
 _GEMM_WEIGHTS = register_cache("conv.gemm_weights", 512)
 
@@ -124,6 +132,19 @@ def _use_im2col(out_side: int, c_in: int) -> bool:
     return out_side <= IM2COL_MAX_SIDE and c_in >= IM2COL_MIN_CHANNELS
 
 
+def _use_lr_canvas(x: BlockTensor, weight: Tensor, groups: int, pads, value) -> bool:
+    """Whether the LR level of this conv runs on the LR canvas (see CANVAS_MIN_HALO_RATIO)."""
+    if not inference_fast_path() or x.grid.num_lr == 0 or x.pad_mode not in ("avg", "strided"):
+        return False
+    if groups == 1 or groups != weight.shape[0] or groups != x.channels:
+        return False
+    if value not in (None, 0, 0.0):
+        return False
+    t = x.side // 2
+    pt, pb, pl, pr = pads
+    return (t + pt + pb) * (t + pl + pr) >= CANVAS_MIN_HALO_RATIO * t * t
+
+
 @register_block_op(F.conv2d)
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if not isinstance(x, BlockTensor):
@@ -147,8 +168,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     out = {}
     if gemm_levels:
         out = _conv_im2col(x, weight, bias, pads, 0.0, st, dilation, gemm_levels, side)
+    canvas = not gemm_levels and _use_lr_canvas(x, weight, groups, pads, value)
+    if canvas:
+        with timed("pad", x.device):
+            c = lr_canvas(x, pads)
+        y = F.conv2d(c, weight, bias, st, 0, dilation, groups)
+        out[1] = lr_cells_of(y, x.grid)
     if len(out) < len(x.parts):
-        inputs = padded_or_plain(x, pads, 0.0 if value is None else value)
+        inputs = (
+            padded_parts(x, pads, value=0.0, hr_only=True)
+            if canvas and any(pads)
+            else padded_or_plain(x, pads, 0.0 if value is None else value)
+        )
         for lv, p in enumerate(inputs):
             if lv not in out:
                 out[lv] = crop(F.conv2d(p, weight, bias, st, 0, dilation, groups), side >> lv)
