@@ -560,7 +560,10 @@ def bench(args, log, dtypes, guard) -> dict:
                 continue
             model = m["cfgs"][c]["model"]
             pruns = [profiled_run(model, setups[dt]["x"], device) for _ in range(args.profile_runs)]
-            prof = {k: median([p[k] for p in pruns]) for k in pruns[0]}
+            # keys a model does not have (SwiftNet's SPP timings on other networks) stay None
+            prof = {
+                k: None if pruns[0][k] is None else median([p[k] for p in pruns]) for k in pruns[0]
+            }
             prof["shares"] = {k: prof[k] / prof["total"] for k in (*MODULES, "rest")}
             ops = sum(prof[k] for k in MODULES)
             prof["block_ops_s"] = ops

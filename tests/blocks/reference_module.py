@@ -218,21 +218,12 @@ def _binary(func, a, b, **kwargs):
     )
 
 
-for _f, _t in (
-    (torch.add, torch.add),
-    (torch.Tensor.add, torch.add),
-    (torch.Tensor.add_, torch.add),
-    (torch.Tensor.__add__, torch.add),
-    (torch.Tensor.__radd__, torch.add),
-    (torch.Tensor.__iadd__, torch.add),
-    (torch.mul, torch.mul),
-    (torch.Tensor.mul, torch.mul),
-    (torch.Tensor.mul_, torch.mul),
-    (torch.Tensor.__mul__, torch.mul),
-    (torch.Tensor.__rmul__, torch.mul),
-    (torch.Tensor.__imul__, torch.mul),
-):
-    _op(_f)(lambda a, b, _t=_t, **k: _binary(_t, a, b, **k))
+# torch.add and torch.Tensor.add / add_ / __add__ / __radd__ / __iadd__ (and mul): functional
+for _name in ("add", "mul"):
+    _t = getattr(torch, _name)
+    _forms = ("{}", "{}_", "__{}__", "__r{}__", "__i{}__")
+    for _f in (_t, *(getattr(torch.Tensor, form.format(_name)) for form in _forms)):
+        _op(_f)(lambda a, b, _t=_t, **k: _binary(_t, a, b, **k))
 
 
 @_op(torch.cat)
