@@ -753,14 +753,15 @@ def test_inplace_activation_on_fresh_conv_output(act):
     [(5, 1, 4, 2), (5, 1, 2, 1), (3, 2, 1, 1), (5, 2, 2, 1), (3, 1, (2, 1), (2, 1))],
 )
 def test_depthwise_conv_on_the_lr_canvas_equals_padded_tiles(
-    k, stride, padding, dilation, pad_mode
+    k, stride, padding, dilation, pad_mode, monkeypatch
 ):
     """Depthwise convs whose LR halos dwarf the tiles run the LR level on the LR canvas
     (inference); the result is the reference's (padded LR tiles), with and without F.pad."""
     from segblocks.blocks.layers import conv as conv_layer
 
+    monkeypatch.setattr(conv_layer, "CANVAS_MIN_HALO_RATIO", 1.0)  # every case takes the canvas
     torch.manual_seed(0)
-    C, bs = 6, 4  # LR tiles 2x2: every case pads them to >= 4x their pixels
+    C, bs = 6, 4
     x = torch.randn(2, C, 8, 16, dtype=torch.float64)
     mask = torch.tensor(
         [[[1, 0, 0, 1], [0, 1, 1, 0]], [[0, 0, 0, 0], [1, 0, 1, 1]]], dtype=torch.bool

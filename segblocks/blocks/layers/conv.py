@@ -52,7 +52,10 @@ IM2COL_TINY_MIN_CHANNELS = 64
 #: tiles: e.g. MobileNetV3's dilated 5x5 depthwise convs at output stride 16 and block 128 pad
 #: 4x4 LR tiles by 4 (12x12, 9x), where filling and reading the halos cost more than the conv.
 #: Depthwise only: its MACs are few, so computing the HR cells of the canvas too costs little.
-CANVAS_MIN_HALO_RATIO = 4.0
+#: Measured at 1024x2048, 40 % HR, fp32, 2 threads (A/B in one process, 15 runs): threshold 9
+#: was the fastest or within noise of it for LR-ASPP-MobileNetV3 and SwiftNet-EffL1; 4 (which
+#: adds 3x3 convs on 2x2 tiles and 5x5 on 4x4 tiles) was slower for EffL1 by 3-4 %.
+CANVAS_MIN_HALO_RATIO = 9.0
 
 _GEMM_WEIGHTS = register_cache("conv.gemm_weights", 512)
 
