@@ -137,22 +137,18 @@ def _build_pad_plan(grid: BlockGrid, s, pads, mode, border) -> PadPlan:
             "segblocks.blocks.dense_fallback"
         )
     t = s // 2
+    rows_hr = grid.num_hr * (s + pt + pb) * (s + pl + pr)
+    rows = rows_hr + grid.num_lr * (t + pt + pb) * (t + pl + pr)
     if border == "zeros" and mode in ("avg", "strided"):
         geometry = (grid.N, grid.GH, grid.GW, s, pt, pb, pl, pr, mode == "avg")
         fast = kernels.pad_plan_indices(grid.mask_flat, grid.slot, geometry)
         if fast is not None:
-            t_hr, t_lr = (s + pt + pb) * (s + pl + pr), (t + pt + pb) * (t + pl + pr)
-            rows_hr = grid.num_hr * t_hr
             empty = torch.empty(0, dtype=torch.long, device=grid.device)
-            return PadPlan(pads, rows_hr, rows_hr + grid.num_lr * t_lr, *fast, empty)
-    if border == "zeros" and mode in ("avg", "strided") and max(pads) <= t:
-        return _build_pad_plan_segments(grid, s, pads, mode)
+            return PadPlan(pads, rows_hr, rows, *fast, empty)
+        if max(pads) <= t:
+            return _build_pad_plan_segments(grid, s, pads, mode)
     # General builder (replicate border, "zero" mode, halos wider than an LR block):
     # locates the source of every halo pixel from its global coordinates.
-    hr_rows_per = (s + pt + pb) * (s + pl + pr)
-    lr_rows_per = (t + pt + pb) * (t + pl + pr)
-    rows_hr = grid.num_hr * hr_rows_per
-    rows = rows_hr + grid.num_lr * lr_rows_per
     geo = dict(s=s, t=t, pads=pads, rows_hr=rows_hr)
     parts = [
         _halo_sources(grid, True, geo, mode, border),

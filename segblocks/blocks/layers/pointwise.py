@@ -58,8 +58,7 @@ def _aten(name: str, suffix: str):
     if suffix == "out":
         op = getattr(torch.ops.aten, name).out
         return lambda a, *args, out, **kwargs: op(a, *args, out=out, **kwargs)
-    op = getattr(torch.ops.aten, name + "_")
-    return lambda a, *args, **kwargs: op(a, *args, **kwargs)
+    return getattr(torch.ops.aten, name + "_")
 
 
 def _register_unary(name, fn, out_fn=None, inplace_fn=None):
