@@ -40,3 +40,61 @@ def test_eval_bfloat16(capsys):
     assert main(args + ["--policy", "random", "--dtype", "bfloat16"]) == 0
     out = capsys.readouterr().out
     assert "device cpu, bfloat16" in out and "mIoU" in out
+
+
+def _n_bn(model) -> int:
+    from torch import nn
+
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_inference_commands_use_the_fast_form_unless_no_optimize():
+    import torch
+
+    from segblocks.cli import build_parser
+    from segblocks.cli.common import load_model
+
+    ap = build_parser()
+    for cmd in ("eval", "infer", "calibrate", "bench"):
+        extra = {"infer": ["in", "out"], "calibrate": ["--size", "128x128", "--out", "c.json"]}
+        argv = [cmd, *extra.get(cmd, [])]
+        assert ap.parse_args(argv).optimize is True
+        assert ap.parse_args([*argv, "--no-optimize"]).optimize is False
+    for policy in ("learned", "dense", "heuristic"):
+        argv = ["eval", "--num-classes", "3", "--policy", policy, "--block-size", "64"]
+        torch.manual_seed(0)
+        slow = load_model(ap.parse_args([*argv, "--no-optimize"]))
+        torch.manual_seed(0)
+        fast = load_model(ap.parse_args(argv))
+        assert _n_bn(fast) < _n_bn(slow) and not fast.training
+        if policy == "learned":
+            assert _n_bn(fast.policy) == 0 < _n_bn(slow.policy)
+        w = next(p for p in fast.net.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+        assert w.is_contiguous(memory_format=torch.channels_last)
+        # folding adds conv biases only: the same MACs, policy included
+        assert fast.mac_cost(128, 192) == slow.mac_cost(128, 192)
+        x = torch.randn(1, 3, 128, 192)
+        mask = torch.ones(1, 2, 3, dtype=torch.bool)
+        with torch.inference_mode():
+            a, b = slow(x, mask=mask), fast(x, mask=mask)
+        assert (a.logits - b.logits).abs().max() <= 1e-4 * a.logits.abs().max()
+
+
+def test_eval_reports_the_same_macs_with_and_without_optimize(tmp_path):
+    import json
+
+    import torch
+
+    res = {}
+    for flag in ("", "--no-optimize"):
+        out = tmp_path / f"eval{flag}.json"
+        args = ["eval", "--size", "128x256", "--max-images", "2", "--block-size", "64"]
+        args += ["--no-fps", "--policy", "heuristic", "--num-classes", "9", "--json", str(out)]
+        torch.manual_seed(0)
+        assert main(args + ([flag] if flag else [])) == 0
+        res[flag] = json.loads(out.read_text())
+    fast, slow = res[""], res["--no-optimize"]
+    assert fast["gmacs_per_image"] == slow["gmacs_per_image"]
+    assert fast["gmacs_policy"] == slow["gmacs_policy"]
+    assert fast["hr_fractions"] == slow["hr_fractions"]
+    assert abs(fast["pixel_accuracy"] - slow["pixel_accuracy"]) < 1e-3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_dtype_argument
+from .common import add_dtype_argument, add_optimize_argument
 
 
 def add_parser(sub) -> None:
@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--calibration", help="latency calibration (segblocks calibrate) for ms budgets")
     add_dtype_argument(p)
+    add_optimize_argument(p)
     p.set_defaults(func=run)
 
 
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=getattr(torch, args.dtype),
             budgets=budgets,
             calibration=cal,
+            optimize=args.optimize,
         )
     except ValueError as e:
         print(f"segblocks bench: error: {e}")
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         f"{args.model} at 1x3x{h}x{w}, block {args.block_size}, {args.dtype}; torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, median of {args.runs} runs "
         f"after {args.warmup} warm-up, dense and block runs interleaved, new random mask per run"
+        + ("; BN folded, channels-last" if args.optimize else "; --no-optimize: model as built")
     )
     print(f"{'config':>16} {'GMACs':>8} {'ms':>9} {'speedup':>8} {'theory':>7} {'ratio':>6}")
     for r in rows:

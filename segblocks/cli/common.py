@@ -13,7 +13,9 @@ __all__ = [
     "fail",
     "add_dtype_argument",
     "add_model_arguments",
+    "add_optimize_argument",
     "load_model",
+    "optimize_model",
     "input_normalize",
     "add_budget_arguments",
     "check_budget",
@@ -94,6 +96,31 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hr-fraction", type=float, default=0.4, help="tau for random/heuristic")
     p.add_argument("--block-size", type=int, default=128, help="block side without checkpoint")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_optimize_argument(p)
+
+
+def add_optimize_argument(p: argparse.ArgumentParser) -> None:
+    """``--no-optimize``: keep the model as loaded instead of its fast inference form."""
+    p.add_argument(
+        "--no-optimize",
+        dest="optimize",
+        action="store_false",
+        help="run the model as loaded; by default batch norm is folded into the convs and the "
+        "weights are channels-last (segblocks.models.inference.optimize_for_inference): same "
+        "outputs up to float rounding, same MACs, faster",
+    )
+
+
+def optimize_model(model, args: argparse.Namespace | None = None):
+    """``model`` in the fast inference form (:func:`~segblocks.models.inference.
+    optimize_for_inference`, in place: eval, batch norm folded, channels-last), unless
+    ``args.optimize`` is false (``--no-optimize``); attributes set on the model (``dataset``,
+    ``class_names``) stay."""
+    if args is not None and not getattr(args, "optimize", True):
+        return model
+    from segblocks.models.inference import optimize_for_inference
+
+    return optimize_for_inference(model, inplace=True)
 
 
 def _policy_kwargs(args: argparse.Namespace, policy: str) -> dict:
@@ -108,7 +135,9 @@ def load_model(args: argparse.Namespace, num_classes: int | None = None):
     """The model of :func:`add_model_arguments`, in eval mode: a trainer checkpoint's
     SegBlocksModel (``--policy`` overrides its policy) or a fresh registry model with
     ``--num-classes`` (default ``num_classes``, else 9). Every model is a SegBlocksModel, the
-    ``dense`` policy included, so that all pad their input the same way."""
+    ``dense`` policy included, so that all pad their input the same way. Unless
+    ``--no-optimize``, the model is in the fast inference form (:func:`optimize_model`), for
+    static and SegBlocks models alike."""
     from segblocks.models import create_model
     from segblocks.models.segblocks_model import SegBlocksModel
 
@@ -122,10 +151,11 @@ def load_model(args: argparse.Namespace, num_classes: int | None = None):
             model = SegBlocksModel(model.net, args.policy, model.block_size, **kw)
         for k, v in trained.items():  # what the checkpoint says about its data
             setattr(model, k, v)
-        return model.eval()
+        return optimize_model(model.eval(), args)
     net = create_model(args.model, num_classes=args.num_classes or num_classes or 9)
     policy = args.policy or "all_hr"
-    return SegBlocksModel(net, policy, args.block_size, **_policy_kwargs(args, policy)).eval()
+    model = SegBlocksModel(net, policy, args.block_size, **_policy_kwargs(args, policy))
+    return optimize_model(model.eval(), args)
 
 
 def input_normalize(model):

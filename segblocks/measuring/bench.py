@@ -44,6 +44,7 @@ def bench_model(
     dtype: torch.dtype = torch.float32,
     budgets=(),
     calibration=None,
+    optimize: bool = True,
 ) -> list[dict]:
     """Rows ``{hr, gmacs, theory, ms, speedup, ratio}`` (first row: dense, ``hr`` None).
 
@@ -52,12 +53,15 @@ def bench_model(
     run in HR (row key ``budget``; ``hr`` is the fraction that ran); ``calibration`` (a
     :class:`~segblocks.measuring.calibrate.LatencyCalibration`) is needed for ms budgets.
 
-    CPU/GPU agnostic (runs where the default device is); channels-last, BN folded into convs
-    for both sides, ``torch.inference_mode``. The folded network and the input are cast to
-    ``dtype`` (``torch.float32`` or ``torch.bfloat16``: the network then runs in bfloat16).
+    CPU/GPU agnostic (runs where the default device is); ``torch.inference_mode``. With
+    ``optimize`` (default) both sides run in the fast inference form
+    (:func:`~segblocks.models.inference.optimize_for_inference`: BN folded into the convs,
+    channels-last weights and input); ``optimize=False`` (``segblocks bench --no-optimize``)
+    times the network as built. The network and the input are cast to ``dtype``
+    (``torch.float32`` or ``torch.bfloat16``: the network then runs in bfloat16).
     """
-    from segblocks.blocks.fuse import fold_batchnorm
     from segblocks.models import create_model
+    from segblocks.models.inference import optimize_for_inference
 
     H, W = size
     if H % block_size or W % block_size:
@@ -68,10 +72,15 @@ def bench_model(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = create_model(name, num_classes=num_classes).eval()
-    net = fold_batchnorm(net, torch.randn(1, 3, 2 * block_size, 2 * block_size))
-    net = net.to(dtype=dtype, memory_format=torch.channels_last)
     model = SegBlocksModel(net, "all_hr", block_size).eval()
-    x = torch.randn(1, 3, H, W, generator=gen).to(dtype, memory_format=torch.channels_last)
+    if optimize:
+        example = (2 * block_size, 2 * block_size)
+        model = optimize_for_inference(model, dtype=dtype, example_size=example, inplace=True)
+    else:
+        model = model.to(dtype=dtype)
+    net = model.net
+    fmt = torch.channels_last if optimize else torch.contiguous_format
+    x = torch.randn(1, 3, H, W, generator=gen).to(dtype, memory_format=fmt)
     gh, gw = H // block_size, W // block_size
 
     dense_macs = count_macs_dense(net, x).total

@@ -20,3 +20,13 @@ def test_bench_cli_bfloat16(capsys):
     assert main(args + ["--warmup", "0", "--threads", "1", "--dtype", "bfloat16"]) == 0
     out = capsys.readouterr().out
     assert "bfloat16" in out and "50% HR" in out
+
+
+def test_bench_model_optimize_keeps_the_macs():
+    from segblocks.measuring import bench_model
+
+    kw = dict(fractions=(0.5,), runs=1, warmup=0, num_classes=3)
+    fast = bench_model("swiftnet_rn18", (128, 128), 64, **kw)
+    slow = bench_model("swiftnet_rn18", (128, 128), 64, optimize=False, **kw)
+    assert [r["gmacs"] for r in fast] == [r["gmacs"] for r in slow]
+    assert all(r["ms"] > 0 for r in fast + slow)
