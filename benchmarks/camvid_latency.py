@@ -38,7 +38,7 @@ float32); ``None`` when not measured. Also the per-row medians (``medians_ms``),
 
 Usage::
 
-    python benchmarks/camvid_latency.py --json results/camvid_latency.json   # full, ~10 min
+    python benchmarks/camvid_latency.py --json results/camvid_latency.json   # full, ~15 min
     python benchmarks/camvid_latency.py --quick --dtype fp32                  # smoke test
 """
 
