@@ -1115,6 +1115,185 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pad_plan(const Tensor& mask_flat, con
   return {to_tensor(cd), to_tensor(cs), to_tensor(ad), to_tensor(as)};
 }
 
+// ----------------------------------------------------------------------------- depthwise conv
+// Depthwise convolution straight from the unpadded block tensors (inference): no BlockPad copy.
+// Every (output pixel, tap) names its input pixel through an indirection table (XNNPACK's
+// dwconv idea, google/XNNPACK doc/dwconv.md) built once per (mask, scale, padding, kernel) by
+// segblocks/blocks/indirection.py. Source ids: [0, Ph) HR pixels (hr [Nh, s, s, C] row-major),
+// [Ph, Ph + Pl) LR pixels, Ph + Pl the pad value, Ph + Pl + 1 + j the j-th 2x2 mean of HR pixels
+// (an LR halo pixel next to an HR block, avg mode; avg_ids [Ka, 4]). Accumulation is float32
+// for every dtype, taps in table order; bias then clamp(lo, hi) (a fused ReLU / ReLU6) applied
+// before the one rounding to T. Outputs [P, C] per level, P = blocks * o * o.
+
+// Why target_clones: the extension builds without -march flags (its build is shared by every
+// CPU of a kind), so the channel loops would be SSE2 only; GCC emits AVX-512 / AVX2 versions
+// and picks one at load time.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SEGBLOCKS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SEGBLOCKS_CLONES
+#endif
+
+SEGBLOCKS_CLONES void dw_pixels_f32(const float* hr, const float* lr, const float* extra,
+                                    const float* w, const float* bias, const int32_t* table,
+                                    int64_t p0, int64_t p1, int64_t K, int64_t C, int64_t Ph,
+                                    int64_t Pl, bool skip_pad, float lo, float hi, float* out,
+                                    float* acc) {
+  const int64_t pad_id = Ph + Pl;
+  for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t c = 0; c < C; ++c) acc[c] = bias ? bias[c] : 0.f;
+    const int32_t* tp = table + p * K;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t id = tp[k];
+      if (id == pad_id && skip_pad) continue;
+      const float* src = id < Ph ? hr + id * C : id < pad_id ? lr + (id - Ph) * C
+                                                             : extra + (id - pad_id) * C;
+      const float* wk = w + k * C;
+      for (int64_t c = 0; c < C; ++c) acc[c] += wk[c] * src[c];
+    }
+    float* o = out + p * C;
+    for (int64_t c = 0; c < C; ++c) o[c] = std::min(std::max(acc[c], lo), hi);
+  }
+}
+
+template <typename T, typename A = at::opmath_type<T>>
+void dw_pixels_generic(const T* hr, const T* lr, const A* extra, const A* w, const A* bias,
+                       const int32_t* table, int64_t p0, int64_t p1, int64_t K, int64_t C,
+                       int64_t Ph, int64_t Pl, bool skip_pad, A lo, A hi, T* out, A* acc) {
+  const int64_t pad_id = Ph + Pl;
+  for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t c = 0; c < C; ++c) acc[c] = bias ? bias[c] : A(0);
+    const int32_t* tp = table + p * K;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t id = tp[k];
+      if (id == pad_id && skip_pad) continue;
+      const A* wk = w + k * C;
+      if (id >= pad_id) {
+        const A* src = extra + (id - pad_id) * C;
+        for (int64_t c = 0; c < C; ++c) acc[c] += wk[c] * src[c];
+      } else {
+        const T* src = id < Ph ? hr + id * C : lr + (id - Ph) * C;
+        for (int64_t c = 0; c < C; ++c) acc[c] += wk[c] * static_cast<A>(src[c]);
+      }
+    }
+    T* o = out + p * C;
+    for (int64_t c = 0; c < C; ++c) o[c] = static_cast<T>(std::min(std::max(acc[c], lo), hi));
+  }
+}
+
+// float32 takes the multi-versioned loop, other dtypes the generic one (overload resolution).
+template <typename T, typename A>
+void dw_pixels(const T* hr, const T* lr, const A* extra, const A* w, const A* bias,
+               const int32_t* table, int64_t p0, int64_t p1, int64_t K, int64_t C, int64_t Ph,
+               int64_t Pl, bool skip_pad, A lo, A hi, T* out, A* acc) {
+  dw_pixels_generic<T, A>(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, skip_pad, lo, hi,
+                          out, acc);
+}
+
+inline void dw_pixels(const float* hr, const float* lr, const float* extra, const float* w,
+                      const float* bias, const int32_t* table, int64_t p0, int64_t p1, int64_t K,
+                      int64_t C, int64_t Ph, int64_t Pl, bool skip_pad, float lo, float hi,
+                      float* out, float* acc) {
+  dw_pixels_f32(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, skip_pad, lo, hi, out, acc);
+}
+
+std::tuple<Tensor, Tensor> depthwise_conv_blocks(const Tensor& hr, const Tensor& lr,
+                                                 const Tensor& weight,
+                                                 const std::optional<Tensor>& bias,
+                                                 const Tensor& table_hr, const Tensor& table_lr,
+                                                 const Tensor& avg_ids, double value, double lo,
+                                                 double hi) {
+  TORCH_CHECK(hr.dim() == 4 && lr.dim() == 4, "segblocks: hr / lr must be [B, h, w, C]");
+  TORCH_CHECK(hr.device().is_cpu() && lr.device().is_cpu(), "segblocks: CPU tensors only");
+  TORCH_CHECK(hr.is_contiguous() && lr.is_contiguous(),
+              "segblocks: hr / lr must be contiguous [B, h, w, C] (channels-last blocks)");
+  TORCH_CHECK(hr.scalar_type() == lr.scalar_type(), "segblocks: hr / lr dtypes differ");
+  const int64_t C = hr.size(3);
+  TORCH_CHECK(lr.size(3) == C, "segblocks: hr / lr channel counts differ");
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == C,
+              "segblocks: weight must be [taps, C], got ", weight.sizes());
+  const int64_t K = weight.size(0);
+  for (const Tensor* t : {&table_hr, &table_lr, &avg_ids}) {
+    TORCH_CHECK(t->scalar_type() == at::kInt && t->is_contiguous() && t->dim() == 2,
+                "segblocks: indirection tables must be contiguous 2-D int32");
+  }
+  TORCH_CHECK(table_hr.size(1) == K && table_lr.size(1) == K && avg_ids.size(1) == 4,
+              "segblocks: table widths do not match the taps");
+  const int64_t Ph = hr.size(0) * hr.size(1) * hr.size(2);
+  const int64_t Pl = lr.size(0) * lr.size(1) * lr.size(2);
+  const int64_t Ka = avg_ids.size(0);
+  const int64_t limit = Ph + Pl + 1 + Ka;
+  // Validated by plain loops (a few microseconds; tensor min / max calls would cost more
+  // than the small layers' convolution).
+  auto in_range = [](const Tensor& t, int64_t hi) {
+    const int32_t* p = t.const_data_ptr<int32_t>();
+    int32_t mn = 0, mx = 0;
+    for (int64_t i = 0, n = t.numel(); i < n; ++i) {
+      mn = std::min(mn, p[i]);
+      mx = std::max(mx, p[i]);
+    }
+    return mn >= 0 && (t.numel() == 0 || mx < hi);
+  };
+  TORCH_CHECK(in_range(table_hr, limit) && in_range(table_lr, limit),
+              "segblocks: indirection table entries out of range [0, ", limit, ")");
+  TORCH_CHECK(in_range(avg_ids, Ph), "segblocks: avg_ids must name HR pixels [0, ", Ph, ")");
+  // Accumulation (and the weights, bias, pad value and 2x2 means) in float32, float64 for
+  // float64 inputs.
+  const auto acc_type = hr.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const Tensor wf = weight.to(acc_type).contiguous();
+  Tensor bf;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->numel() == C, "segblocks: bias must have C entries");
+    bf = bias->to(acc_type).contiguous();
+  }
+  const int64_t Ph_out = table_hr.size(0), Pl_out = table_lr.size(0);
+  Tensor out_hr = at::empty({Ph_out, C}, hr.options());
+  Tensor out_lr = at::empty({Pl_out, C}, lr.options());
+  // Row 0: the pad value; row 1 + j: mean of the j-th 2x2 group, rounded to T as a BlockPad
+  // store would hold it, so that results match the padded path.
+  Tensor extra = at::empty({1 + Ka, C}, hr.options().dtype(acc_type));
+  const bool skip_pad = value == 0.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hr.scalar_type(), "dw_blocks", [&] {
+    using T = scalar_t;
+    using A = at::opmath_type<T>;
+    const T* h = hr.const_data_ptr<T>();
+    const T* l = lr.const_data_ptr<T>();
+    const A* bp = bf.defined() ? bf.const_data_ptr<A>() : nullptr;
+    A* ex = extra.mutable_data_ptr<A>();
+    const A v = static_cast<A>(static_cast<T>(value));
+    for (int64_t c = 0; c < C; ++c) ex[c] = v;
+    const int32_t* ai = avg_ids.const_data_ptr<int32_t>();
+    at::parallel_for(0, Ka, grain_for(4 * C * sizeof(T)), [&](int64_t a0, int64_t a1) {
+      for (int64_t j = a0; j < a1; ++j) {
+        const T* r0 = h + int64_t(ai[4 * j]) * C;
+        const T* r1 = h + int64_t(ai[4 * j + 1]) * C;
+        const T* r2 = h + int64_t(ai[4 * j + 2]) * C;
+        const T* r3 = h + int64_t(ai[4 * j + 3]) * C;
+        A* d = ex + (1 + j) * C;
+        for (int64_t c = 0; c < C; ++c) {
+          A a = static_cast<A>(r0[c]) + static_cast<A>(r1[c]);
+          a += static_cast<A>(r2[c]);
+          a += static_cast<A>(r3[c]);
+          d[c] = static_cast<A>(static_cast<T>(a * A(0.25)));
+        }
+      }
+    });
+    const A* w = wf.const_data_ptr<A>();
+    const A alo = static_cast<A>(lo), ahi = static_cast<A>(hi);
+    for (int level = 0; level < 2; ++level) {
+      const Tensor& table = level == 0 ? table_hr : table_lr;
+      T* o = (level == 0 ? out_hr : out_lr).mutable_data_ptr<T>();
+      const int32_t* tb = table.const_data_ptr<int32_t>();
+      const int64_t P = table.size(0);
+      at::parallel_for(0, P, grain_for(K * C * sizeof(T)), [&](int64_t p0, int64_t p1) {
+        std::vector<A> acc(C);
+        dw_pixels(h, l, ex, w, bp, tb, p0, p1, K, C, Ph, Pl, skip_pad, alo, ahi, o, acc.data());
+      });
+    }
+  });
+  return {out_hr, out_lr};
+}
+
 }  // namespace
 }  // namespace segblocks_kernels
 
@@ -1143,6 +1322,9 @@ TORCH_LIBRARY(segblocks_C, m) {
       "combine_blocks_backward(Tensor grad, Tensor hr_cells, Tensor lr_cells, int[] geometry) "
       "-> (Tensor, Tensor)");
   m.def("pad_plan(Tensor mask_flat, Tensor slot, int[] geometry) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "depthwise_conv_blocks(Tensor hr, Tensor lr, Tensor weight, Tensor? bias, Tensor table_hr, "
+      "Tensor table_lr, Tensor avg_ids, float value, float lo, float hi) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(segblocks_C, CPU, m) {
@@ -1155,4 +1337,5 @@ TORCH_LIBRARY_IMPL(segblocks_C, CPU, m) {
   m.impl("combine_blocks", &segblocks_kernels::combine_blocks);
   m.impl("combine_blocks_backward", &segblocks_kernels::combine_blocks_backward);
   m.impl("pad_plan", &segblocks_kernels::pad_plan);
+  m.impl("depthwise_conv_blocks", &segblocks_kernels::depthwise_conv_blocks);
 }

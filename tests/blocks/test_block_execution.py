@@ -760,6 +760,8 @@ def test_depthwise_conv_on_the_lr_canvas_equals_padded_tiles(
     from segblocks.blocks.layers import conv as conv_layer
 
     monkeypatch.setattr(conv_layer, "CANVAS_MIN_HALO_RATIO", 1.0)  # every case takes the canvas
+    # (the canvas is the path where the indirection kernel does not run: python backend, CUDA)
+    monkeypatch.setattr(conv_layer, "DIRECT_DEPTHWISE", False)
     torch.manual_seed(0)
     C, bs = 6, 4
     x = torch.randn(2, C, 8, 16, dtype=torch.float64)

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import kernels
 from ..cache import register_cache
 from ..dispatch import UnsupportedBlockOp, register_block_op
+from ..indirection import conv_taps
 from ..pad import lr_canvas, lr_cells_of, padded_parts
 from ..stats import count_conv, timed
 from ..tensor import BlockTensor, inference_fast_path
@@ -30,6 +32,7 @@ __all__ = [
     "IM2COL_TINY_SIDE",
     "IM2COL_TINY_MIN_CHANNELS",
     "CANVAS_MIN_HALO_RATIO",
+    "DIRECT_DEPTHWISE",
     "gemm_weight",
 ]
 
@@ -57,6 +60,11 @@ IM2COL_TINY_MIN_CHANNELS = 64
 #: was the fastest or within noise of it for LR-ASPP-MobileNetV3 and SwiftNet-EffL1; 4 (which
 #: adds 3x3 convs on 2x2 tiles and 5x5 on 4x4 tiles) was slower for EffL1 by 3-4 %.
 CANVAS_MIN_HALO_RATIO = 9.0
+
+#: Depthwise convs at inference read their halo through indirection tables
+#: (``segblocks::depthwise_conv_blocks``) instead of padded blocks: no store, no halo fill, no
+#: copy of the input into a store, and one kernel for both levels. Off: the padded path.
+DIRECT_DEPTHWISE = True
 
 _GEMM_WEIGHTS = register_cache("conv.gemm_weights", 512)
 
@@ -163,6 +171,50 @@ def _use_lr_canvas(x: BlockTensor, weight: Tensor, groups: int, pads, value) -> 
     return (t + pt + pb) * (t + pl + pr) >= CANVAS_MIN_HALO_RATIO * t * t
 
 
+def _use_direct_depthwise(x: BlockTensor, weight: Tensor, groups: int) -> bool:
+    return (
+        DIRECT_DEPTHWISE
+        and inference_fast_path()
+        and groups > 1
+        and weight.shape[1] == 1
+        and groups == weight.shape[0] == x.channels
+        and x.device.type == "cpu"
+        and kernels.backend() == "cpp"
+    )
+
+
+def _depthwise_direct(x: BlockTensor, weight, bias, pads, st, dilation, value, side) -> list:
+    """Both levels of a depthwise conv in one kernel reading halos through indirection."""
+    k = tuple(weight.shape[-2:])
+    parts = x.parts
+    if torch.is_autocast_enabled(x.device.type):
+        # What autocast does for F.conv2d: input, weight and bias in the autocast dtype.
+        dt = torch.get_autocast_dtype(x.device.type)
+        weight = weight.to(dt)
+        bias = None if bias is None else bias.to(dt)
+        parts = [p.to(dt) for p in parts]
+    taps = conv_taps(x.grid, x.side, pads, x.pad_mode, k, st, pair(dilation))
+    # [B, h, w, C] views of channels-last parts (a copy only for parts living in a store)
+    hr, lr = (p.permute(0, 2, 3, 1).contiguous() for p in parts)
+    yh, yl = kernels.depthwise_conv_blocks_direct(
+        hr,
+        lr,
+        gemm_weight(weight),  # [kh * kw, C]: taps in (ky, kx) order
+        bias,
+        taps.table_hr,
+        taps.table_lr,
+        taps.avg_ids,
+        0.0 if value is None else float(value),
+        float("-inf"),
+        float("inf"),
+    )
+    C, o = x.channels, side
+    return [
+        yh.view(x.grid.num_hr, o, o, C).permute(0, 3, 1, 2),
+        yl.view(x.grid.num_lr, o // 2, o // 2, C).permute(0, 3, 1, 2),
+    ]
+
+
 @register_block_op(F.conv2d)
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if not isinstance(x, BlockTensor):
@@ -177,6 +229,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             out = [pointwise_gemm(p, weight, bias) for p in parts]
         else:
             out = [F.conv2d(p, weight, bias, 1, 0, 1, groups) for p in parts]
+        count_conv(weight, groups, out)
+        return x.derive(out, side, owned=True)
+    if _use_direct_depthwise(x, weight, groups):
+        out = _depthwise_direct(x, weight, bias, pads, st, dilation, value, side)
         count_conv(weight, groups, out)
         return x.derive(out, side, owned=True)
     gemm_levels = []
