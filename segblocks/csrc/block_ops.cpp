@@ -1134,67 +1134,145 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pad_plan(const Tensor& mask_flat, con
 #define SEGBLOCKS_CLONES
 #endif
 
-SEGBLOCKS_CLONES void dw_pixels_f32(const float* hr, const float* lr, const float* extra,
-                                    const float* w, const float* bias, const int32_t* table,
-                                    int64_t p0, int64_t p1, int64_t K, int64_t C, int64_t Ph,
-                                    int64_t Pl, bool skip_pad, float lo, float hi, float* out,
-                                    float* acc) {
-  const int64_t pad_id = Ph + Pl;
-  for (int64_t p = p0; p < p1; ++p) {
-    for (int64_t c = 0; c < C; ++c) acc[c] = bias ? bias[c] : 0.f;
-    const int32_t* tp = table + p * K;
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t id = tp[k];
-      if (id == pad_id && skip_pad) continue;
-      const float* src = id < Ph ? hr + id * C : id < pad_id ? lr + (id - Ph) * C
-                                                             : extra + (id - pad_id) * C;
-      const float* wk = w + k * C;
-      for (int64_t c = 0; c < C; ++c) acc[c] += wk[c] * src[c];
+// Channel vectors as GCC / Clang generic vectors: in each target clone they compile to that
+// target's registers (one zmm, two ymm or four xmm per 16 floats). aligned(4): unaligned access.
+typedef float vf16 __attribute__((vector_size(64), aligned(4)));
+typedef uint16_t vh16 __attribute__((vector_size(32), aligned(2)));
+typedef uint32_t vu16 __attribute__((vector_size(64)));
+
+#define SEGBLOCKS_INLINE __attribute__((always_inline)) inline
+
+SEGBLOCKS_INLINE vf16 load16(const float* p) { return *reinterpret_cast<const vf16*>(p); }
+SEGBLOCKS_INLINE vf16 load16(const c10::BFloat16* p) {
+  // a bfloat16 is the upper half of a float32
+  const vu16 w = __builtin_convertvector(*reinterpret_cast<const vh16*>(p), vu16) << 16;
+  vf16 f;
+  std::memcpy(&f, &w, sizeof(f));
+  return f;
+}
+SEGBLOCKS_INLINE void store16(float* p, vf16 v) { *reinterpret_cast<vf16*>(p) = v; }
+SEGBLOCKS_INLINE void store16(c10::BFloat16* p, vf16 v) {
+  float tmp[16];
+  std::memcpy(tmp, &v, sizeof(tmp));
+  for (int j = 0; j < 16; ++j) p[j] = static_cast<c10::BFloat16>(tmp[j]);
+}
+
+// NP output pixels x channels [c0, c0 + 16 * NV): NP * NV accumulators in registers over every
+// tap; each weight vector is loaded once per tap for the NP pixels (XNNPACK's dwconv tiles
+// output pixels the same way). src[i * K + k]: the input row of pixel i's tap k.
+template <int NP, int NV, typename T>
+SEGBLOCKS_INLINE void dw_tile(const T* const* src, const float* w, const float* bias, int64_t K,
+                              int64_t C, int64_t c0, vf16 lo, vf16 hi, T* const* out) {
+  vf16 a[NP][NV];
+  for (int j = 0; j < NV; ++j) {
+    const vf16 b = bias ? load16(bias + c0 + 16 * j) : vf16{};
+    for (int i = 0; i < NP; ++i) a[i][j] = b;
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    vf16 wv[NV];
+    for (int j = 0; j < NV; ++j) wv[j] = load16(w + k * C + c0 + 16 * j);
+    for (int i = 0; i < NP; ++i) {
+      const T* sp = src[i * K + k] + c0;
+      for (int j = 0; j < NV; ++j) a[i][j] += wv[j] * load16(sp + 16 * j);
     }
-    float* o = out + p * C;
-    for (int64_t c = 0; c < C; ++c) o[c] = std::min(std::max(acc[c], lo), hi);
+  }
+  for (int i = 0; i < NP; ++i) {
+    for (int j = 0; j < NV; ++j) {
+      vf16 v = a[i][j] < lo ? lo : a[i][j];
+      v = v > hi ? hi : v;
+      store16(out[i] + c0 + 16 * j, v);
+    }
   }
 }
 
-template <typename T, typename A = at::opmath_type<T>>
-void dw_pixels_generic(const T* hr, const T* lr, const A* extra, const A* w, const A* bias,
-                       const int32_t* table, int64_t p0, int64_t p1, int64_t K, int64_t C,
-                       int64_t Ph, int64_t Pl, bool skip_pad, A lo, A hi, T* out, A* acc) {
-  const int64_t pad_id = Ph + Pl;
+template <int NP, typename T>
+SEGBLOCKS_INLINE void dw_group(const T* const* src, const float* w, const float* bias, int64_t K,
+                               int64_t C, float lo, float hi, T* const* out) {
+  const vf16 vlo = vf16{} + lo, vhi = vf16{} + hi;
+  int64_t c0 = 0;
+  for (; c0 + 32 <= C; c0 += 32) dw_tile<NP, 2>(src, w, bias, K, C, c0, vlo, vhi, out);
+  for (; c0 + 16 <= C; c0 += 16) dw_tile<NP, 1>(src, w, bias, K, C, c0, vlo, vhi, out);
+  for (; c0 < C; ++c0) {  // channel tail
+    for (int i = 0; i < NP; ++i) {
+      float a = bias ? bias[c0] : 0.f;
+      for (int64_t k = 0; k < K; ++k) a += w[k * C + c0] * static_cast<float>(src[i * K + k][c0]);
+      out[i][c0] = static_cast<T>(std::min(std::max(a, lo), hi));
+    }
+  }
+}
+
+// Source id -> input row: HR pixel, LR pixel, or a row of `extra` (pad value, 2x2 means).
+template <typename T>
+SEGBLOCKS_INLINE const T* dw_row(int64_t id, const T* hr, const T* lr, const T* extra, int64_t C,
+                                 int64_t Ph, int64_t Pl) {
+  return id < Ph ? hr + id * C : id < Ph + Pl ? lr + (id - Ph) * C : extra + (id - Ph - Pl) * C;
+}
+
+// float32 / bfloat16 (float32 accumulation): groups of 4 output pixels, then single pixels.
+template <typename T>
+SEGBLOCKS_INLINE void dw_pixels_vec(const T* hr, const T* lr, const T* extra, const float* w,
+                                    const float* bias, const int32_t* table, int64_t p0,
+                                    int64_t p1, int64_t K, int64_t C, int64_t Ph, int64_t Pl,
+                                    float lo, float hi, T* out) {
+  constexpr int NP = 4;
+  std::vector<const T*> src(NP * K);
+  T* o[NP];
+  int64_t p = p0;
+  for (; p + NP <= p1; p += NP) {
+    for (int i = 0; i < NP; ++i) {
+      for (int64_t k = 0; k < K; ++k)
+        src[i * K + k] = dw_row(table[(p + i) * K + k], hr, lr, extra, C, Ph, Pl);
+      o[i] = out + (p + i) * C;
+    }
+    dw_group<NP>(src.data(), w, bias, K, C, lo, hi, o);
+  }
+  for (; p < p1; ++p) {
+    for (int64_t k = 0; k < K; ++k) src[k] = dw_row(table[p * K + k], hr, lr, extra, C, Ph, Pl);
+    o[0] = out + p * C;
+    dw_group<1>(src.data(), w, bias, K, C, lo, hi, o);
+  }
+}
+
+#define SEGBLOCKS_DW_VEC(NAME, T)                                                              \
+  SEGBLOCKS_CLONES void NAME(const T* hr, const T* lr, const T* extra, const float* w,         \
+                             const float* bias, const int32_t* table, int64_t p0, int64_t p1,  \
+                             int64_t K, int64_t C, int64_t Ph, int64_t Pl, float lo, float hi, \
+                             T* out) {                                                         \
+    dw_pixels_vec<T>(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, lo, hi, out);        \
+  }
+SEGBLOCKS_DW_VEC(dw_pixels_f32, float)
+SEGBLOCKS_DW_VEC(dw_pixels_bf16, c10::BFloat16)
+#undef SEGBLOCKS_DW_VEC
+
+// Other dtypes (float16, float64): plain loops, accumulation in at::opmath_type<T>.
+template <typename T, typename A>
+void dw_pixels(const T* hr, const T* lr, const T* extra, const A* w, const A* bias,
+               const int32_t* table, int64_t p0, int64_t p1, int64_t K, int64_t C, int64_t Ph,
+               int64_t Pl, A lo, A hi, T* out) {
+  std::vector<A> acc(C);
   for (int64_t p = p0; p < p1; ++p) {
     for (int64_t c = 0; c < C; ++c) acc[c] = bias ? bias[c] : A(0);
-    const int32_t* tp = table + p * K;
     for (int64_t k = 0; k < K; ++k) {
-      const int64_t id = tp[k];
-      if (id == pad_id && skip_pad) continue;
+      const T* src = dw_row(table[p * K + k], hr, lr, extra, C, Ph, Pl);
       const A* wk = w + k * C;
-      if (id >= pad_id) {
-        const A* src = extra + (id - pad_id) * C;
-        for (int64_t c = 0; c < C; ++c) acc[c] += wk[c] * src[c];
-      } else {
-        const T* src = id < Ph ? hr + id * C : lr + (id - Ph) * C;
-        for (int64_t c = 0; c < C; ++c) acc[c] += wk[c] * static_cast<A>(src[c]);
-      }
+      for (int64_t c = 0; c < C; ++c) acc[c] += wk[c] * static_cast<A>(src[c]);
     }
     T* o = out + p * C;
     for (int64_t c = 0; c < C; ++c) o[c] = static_cast<T>(std::min(std::max(acc[c], lo), hi));
   }
 }
 
-// float32 takes the multi-versioned loop, other dtypes the generic one (overload resolution).
-template <typename T, typename A>
-void dw_pixels(const T* hr, const T* lr, const A* extra, const A* w, const A* bias,
-               const int32_t* table, int64_t p0, int64_t p1, int64_t K, int64_t C, int64_t Ph,
-               int64_t Pl, bool skip_pad, A lo, A hi, T* out, A* acc) {
-  dw_pixels_generic<T, A>(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, skip_pad, lo, hi,
-                          out, acc);
-}
-
 inline void dw_pixels(const float* hr, const float* lr, const float* extra, const float* w,
                       const float* bias, const int32_t* table, int64_t p0, int64_t p1, int64_t K,
-                      int64_t C, int64_t Ph, int64_t Pl, bool skip_pad, float lo, float hi,
-                      float* out, float* acc) {
-  dw_pixels_f32(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, skip_pad, lo, hi, out, acc);
+                      int64_t C, int64_t Ph, int64_t Pl, float lo, float hi, float* out) {
+  dw_pixels_f32(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, lo, hi, out);
+}
+
+inline void dw_pixels(const c10::BFloat16* hr, const c10::BFloat16* lr,
+                      const c10::BFloat16* extra, const float* w, const float* bias,
+                      const int32_t* table, int64_t p0, int64_t p1, int64_t K, int64_t C,
+                      int64_t Ph, int64_t Pl, float lo, float hi, c10::BFloat16* out) {
+  dw_pixels_bf16(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, lo, hi, out);
 }
 
 std::tuple<Tensor, Tensor> depthwise_conv_blocks(const Tensor& hr, const Tensor& lr,
@@ -1237,8 +1315,7 @@ std::tuple<Tensor, Tensor> depthwise_conv_blocks(const Tensor& hr, const Tensor&
   TORCH_CHECK(in_range(table_hr, limit) && in_range(table_lr, limit),
               "segblocks: indirection table entries out of range [0, ", limit, ")");
   TORCH_CHECK(in_range(avg_ids, Ph), "segblocks: avg_ids must name HR pixels [0, ", Ph, ")");
-  // Accumulation (and the weights, bias, pad value and 2x2 means) in float32, float64 for
-  // float64 inputs.
+  // Weights, bias and accumulation in float32 (float64 for float64 inputs).
   const auto acc_type = hr.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const Tensor wf = weight.to(acc_type).contiguous();
   Tensor bf;
@@ -1246,22 +1323,19 @@ std::tuple<Tensor, Tensor> depthwise_conv_blocks(const Tensor& hr, const Tensor&
     TORCH_CHECK(bias->numel() == C, "segblocks: bias must have C entries");
     bf = bias->to(acc_type).contiguous();
   }
-  const int64_t Ph_out = table_hr.size(0), Pl_out = table_lr.size(0);
-  Tensor out_hr = at::empty({Ph_out, C}, hr.options());
-  Tensor out_lr = at::empty({Pl_out, C}, lr.options());
-  // Row 0: the pad value; row 1 + j: mean of the j-th 2x2 group, rounded to T as a BlockPad
-  // store would hold it, so that results match the padded path.
-  Tensor extra = at::empty({1 + Ka, C}, hr.options().dtype(acc_type));
-  const bool skip_pad = value == 0.0;
+  Tensor out_hr = at::empty({table_hr.size(0), C}, hr.options());
+  Tensor out_lr = at::empty({table_lr.size(0), C}, lr.options());
+  // Row 0: the pad value; row 1 + j: the mean of the j-th 2x2 group, both in T, as a BlockPad
+  // store holds them, so that results match the padded path.
+  Tensor extra = at::empty({1 + Ka, C}, hr.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, hr.scalar_type(), "dw_blocks", [&] {
     using T = scalar_t;
     using A = at::opmath_type<T>;
     const T* h = hr.const_data_ptr<T>();
     const T* l = lr.const_data_ptr<T>();
     const A* bp = bf.defined() ? bf.const_data_ptr<A>() : nullptr;
-    A* ex = extra.mutable_data_ptr<A>();
-    const A v = static_cast<A>(static_cast<T>(value));
-    for (int64_t c = 0; c < C; ++c) ex[c] = v;
+    T* ex = extra.mutable_data_ptr<T>();
+    fill_row(ex, C, static_cast<T>(value));
     const int32_t* ai = avg_ids.const_data_ptr<int32_t>();
     at::parallel_for(0, Ka, grain_for(4 * C * sizeof(T)), [&](int64_t a0, int64_t a1) {
       for (int64_t j = a0; j < a1; ++j) {
@@ -1269,12 +1343,12 @@ std::tuple<Tensor, Tensor> depthwise_conv_blocks(const Tensor& hr, const Tensor&
         const T* r1 = h + int64_t(ai[4 * j + 1]) * C;
         const T* r2 = h + int64_t(ai[4 * j + 2]) * C;
         const T* r3 = h + int64_t(ai[4 * j + 3]) * C;
-        A* d = ex + (1 + j) * C;
+        T* d = ex + (1 + j) * C;
         for (int64_t c = 0; c < C; ++c) {
           A a = static_cast<A>(r0[c]) + static_cast<A>(r1[c]);
           a += static_cast<A>(r2[c]);
           a += static_cast<A>(r3[c]);
-          d[c] = static_cast<A>(static_cast<T>(a * A(0.25)));
+          d[c] = static_cast<T>(a * A(0.25));
         }
       }
     });
@@ -1284,10 +1358,10 @@ std::tuple<Tensor, Tensor> depthwise_conv_blocks(const Tensor& hr, const Tensor&
       const Tensor& table = level == 0 ? table_hr : table_lr;
       T* o = (level == 0 ? out_hr : out_lr).mutable_data_ptr<T>();
       const int32_t* tb = table.const_data_ptr<int32_t>();
-      const int64_t P = table.size(0);
-      at::parallel_for(0, P, grain_for(K * C * sizeof(T)), [&](int64_t p0, int64_t p1) {
-        std::vector<A> acc(C);
-        dw_pixels(h, l, ex, w, bp, tb, p0, p1, K, C, Ph, Pl, skip_pad, alo, ahi, o, acc.data());
+      // Whole groups of 4 pixels per task, at least ~64 KB of input each.
+      const int64_t grain = (grain_for(K * C * sizeof(T)) + 3) / 4 * 4;
+      at::parallel_for(0, table.size(0), grain, [&](int64_t p0, int64_t p1) {
+        dw_pixels(h, l, ex, w, bp, tb, p0, p1, K, C, Ph, Pl, alo, ahi, o);
       });
     }
   });
