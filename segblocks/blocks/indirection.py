@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import kernels
 from .grid import BlockGrid
-from .pad import pad_plan
+from .pad import PAD_MODES, pad_plan
 
 __all__ = ["ConvTaps", "conv_taps"]
 
@@ -62,6 +63,19 @@ def conv_taps(
 
 
 def _build(grid, s, pads, mode, kernel, stride, dilation) -> ConvTaps:
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad mode {mode!r} is not one of {PAD_MODES}")
+    pt, _, pl, _ = pads
+    geometry = (grid.N, grid.GH, grid.GW, s, pt, pl, *kernel, stride, *dilation)
+    fast = kernels.conv_taps_indices(grid.mask_flat, grid.slot, (*geometry, PAD_MODES.index(mode)))
+    if fast is not None:
+        return ConvTaps(*fast, s // stride)
+    return build_from_plan(grid, s, pads, mode, kernel, stride, dilation)
+
+
+def build_from_plan(grid, s, pads, mode, kernel, stride, dilation) -> ConvTaps:
+    """The tables from the halo plan with tensor ops (python backend, other devices; the C++
+    builder is tested against it)."""
     plan = pad_plan(grid, s, pads, mode, "zeros")
     dev = grid.device
     pt, pb, pl, pr = pads

@@ -124,6 +124,7 @@ def _select(name: str) -> bool:
                 "combine_blocks_backward",
                 "pad_plan",
                 "depthwise_conv_blocks",
+                "conv_taps",
             ):
                 setattr(_C, op, getattr(ops, op).default)
     _requested, _cpp = name, use
@@ -624,6 +625,16 @@ def pad_plan_indices(mask_flat: Tensor, slot: Tensor, geometry) -> tuple | None:
     if not _on_cpp(mask_flat):
         return None
     return _C.pad_plan(mask_flat, slot, [int(g) for g in geometry])
+
+
+def conv_taps_indices(mask_flat: Tensor, slot: Tensor, geometry) -> tuple | None:
+    """``(table_hr, table_lr, avg_ids)`` of :func:`segblocks.blocks.indirection.conv_taps`
+    from the C++ builder, or ``None`` off the C++ backend (the caller then builds them with
+    tensor ops). ``geometry = [N, GH, GW, s, pt, pl, kh, kw, stride, dh, dw, mode]`` with mode
+    0 / 1 / 2 for avg / strided / zero. Not differentiable: a plain function."""
+    if not _on_cpp(mask_flat):
+        return None
+    return _C.conv_taps(mask_flat, slot, [int(g) for g in geometry])
 
 
 # depthwise convolution through indirection tables ------------------------------------------

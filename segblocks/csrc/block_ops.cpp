@@ -1368,6 +1368,96 @@ std::tuple<Tensor, Tensor> depthwise_conv_blocks(const Tensor& hr, const Tensor&
   return {out_hr, out_lr};
 }
 
+
+// Indirection tables of a padded op (segblocks/blocks/indirection.py has the semantics and a
+// tensor-op builder): for every output pixel of every block and every tap, the source id of the
+// input pixel that BlockPad would have put there. One pass over (block, output pixel, tap) from
+// global coordinates, then a sequential pass numbering the distinct 2x2 groups (avg mode).
+// geometry = [N, GH, GW, s, pt, pl, kh, kw, stride, dh, dw, mode] (mode 0 avg, 1 strided,
+// 2 zero). Returns (table_hr [Nh*o*o, kh*kw], table_lr [Nl*(o/2)^2, kh*kw], avg_ids [Ka, 4]).
+std::tuple<Tensor, Tensor, Tensor> conv_taps(const Tensor& mask_flat, const Tensor& slot,
+                                             at::IntArrayRef geometry) {
+  TORCH_CHECK(geometry.size() == 12, "segblocks: conv_taps geometry has 12 entries");
+  const int64_t N = geometry[0], GH = geometry[1], GW = geometry[2], s = geometry[3];
+  const int64_t pt = geometry[4], pl = geometry[5], kh = geometry[6], kw = geometry[7];
+  const int64_t st = geometry[8], dh = geometry[9], dw = geometry[10], mode = geometry[11];
+  TORCH_CHECK(mask_flat.device().is_cpu() && slot.device().is_cpu(),
+              "segblocks: conv_taps takes CPU tensors");
+  TORCH_CHECK(mask_flat.numel() == N * GH * GW && slot.numel() == N * GH * GW,
+              "segblocks: conv_taps mask / slot do not match the grid");
+  TORCH_CHECK(s % 2 == 0 && st >= 1 && (s / 2) % st == 0 && mode >= 0 && mode <= 2,
+              "segblocks: conv_taps geometry ", geometry, " is invalid");
+  const Tensor m = mask_flat.to(at::kBool).contiguous();
+  const Tensor sl = slot.to(at::kLong).contiguous();
+  const bool* mp = m.const_data_ptr<bool>();
+  const int64_t* sp = sl.const_data_ptr<int64_t>();
+  const int64_t cells = N * GH * GW, t = s / 2, K = kh * kw;
+  std::vector<int64_t> hr_cells, lr_cells;
+  for (int64_t c = 0; c < cells; ++c) (mp[c] ? hr_cells : lr_cells).push_back(c);
+  const int64_t nh = hr_cells.size(), nl = lr_cells.size();
+  const int64_t Ph = nh * s * s, Pl = nl * t * t, pad_id = Ph + Pl;
+  TORCH_CHECK(pad_id + 1 + Ph / 4 < (int64_t(1) << 31), "segblocks: grid too large for int32 ids");
+  Tensor tables[2];
+  for (int level = 0; level < 2; ++level) {
+    const bool req_hr = level == 0;
+    const std::vector<int64_t>& own = req_hr ? hr_cells : lr_cells;
+    const int64_t side = req_hr ? s : t, o = side / st, H = GH * side, W = GW * side;
+    tables[level] = at::empty({static_cast<int64_t>(own.size()) * o * o, K}, at::kInt);
+    int32_t* tb = tables[level].data_ptr<int32_t>();
+    at::parallel_for(0, static_cast<int64_t>(own.size()), 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t cell = own[b], n = cell / (GH * GW), gy = (cell / GW) % GH, gx = cell % GW;
+        int32_t* e = tb + b * o * o * K;
+        for (int64_t oy = 0; oy < o; ++oy) {
+          for (int64_t ox = 0; ox < o; ++ox) {
+            for (int64_t ky = 0; ky < kh; ++ky) {
+              for (int64_t kx = 0; kx < kw; ++kx, ++e) {
+                const int64_t y = oy * st + ky * dh - pt, x = ox * st + kx * dw - pl;
+                if (y >= 0 && y < side && x >= 0 && x < side) {  // the block's own pixel
+                  *e = (req_hr ? 0 : Ph) + sp[cell] * side * side + y * side + x;
+                  continue;
+                }
+                const int64_t Y = gy * side + y, X = gx * side + x;
+                if (mode == 2 || Y < 0 || Y >= H || X < 0 || X >= W) {
+                  *e = pad_id;
+                  continue;
+                }
+                const int64_t ny = Y / side, nx = X / side, qy = Y - ny * side, qx = X - nx * side;
+                const int64_t nc = n * GH * GW + ny * GW + nx, ns = sp[nc];
+                if (req_hr) {  // HR neighbour: its pixel; LR neighbour: nearest-upsampled
+                  *e = mp[nc] ? ns * s * s + qy * s + qx : Ph + ns * t * t + (qy / 2) * t + qx / 2;
+                } else if (!mp[nc]) {  // LR neighbour: its pixel
+                  *e = Ph + ns * t * t + qy * t + qx;
+                } else {  // HR neighbour: its 2x2 group's top-left pixel (avg: -1 - that id)
+                  const int64_t tl = ns * s * s + 2 * qy * s + 2 * qx;
+                  *e = mode == 0 ? -1 - tl : tl;
+                }
+              }
+            }
+          }
+        }
+      }
+    });
+  }
+  // Number the distinct 2x2 groups in order of first use.
+  std::vector<int32_t> group(mode == 0 ? Ph : 0, -1);
+  std::vector<int32_t> avg;
+  int32_t* e = tables[1].data_ptr<int32_t>();
+  for (int64_t i = 0, n = tables[1].numel(); i < n; ++i) {
+    if (e[i] >= 0) continue;
+    const int32_t tl = -1 - e[i];
+    if (group[tl] < 0) {
+      group[tl] = static_cast<int32_t>(avg.size() / 4);
+      avg.insert(avg.end(), {tl, static_cast<int32_t>(tl + 1), static_cast<int32_t>(tl + s),
+                             static_cast<int32_t>(tl + s + 1)});
+    }
+    e[i] = static_cast<int32_t>(pad_id + 1 + group[tl]);
+  }
+  Tensor avg_ids = at::empty({static_cast<int64_t>(avg.size() / 4), 4}, at::kInt);
+  if (!avg.empty()) std::memcpy(avg_ids.data_ptr<int32_t>(), avg.data(), avg.size() * 4);
+  return {tables[0], tables[1], avg_ids};
+}
+
 }  // namespace
 }  // namespace segblocks_kernels
 
@@ -1396,6 +1486,7 @@ TORCH_LIBRARY(segblocks_C, m) {
       "combine_blocks_backward(Tensor grad, Tensor hr_cells, Tensor lr_cells, int[] geometry) "
       "-> (Tensor, Tensor)");
   m.def("pad_plan(Tensor mask_flat, Tensor slot, int[] geometry) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("conv_taps(Tensor mask_flat, Tensor slot, int[] geometry) -> (Tensor, Tensor, Tensor)");
   m.def(
       "depthwise_conv_blocks(Tensor hr, Tensor lr, Tensor weight, Tensor? bias, Tensor table_hr, "
       "Tensor table_lr, Tensor avg_ids, float value, float lo, float hi) -> (Tensor, Tensor)");
@@ -1412,4 +1503,5 @@ TORCH_LIBRARY_IMPL(segblocks_C, CPU, m) {
   m.impl("combine_blocks_backward", &segblocks_kernels::combine_blocks_backward);
   m.impl("pad_plan", &segblocks_kernels::pad_plan);
   m.impl("depthwise_conv_blocks", &segblocks_kernels::depthwise_conv_blocks);
+  m.impl("conv_taps", &segblocks_kernels::conv_taps);
 }

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from segblocks.blocks import BlockGrid, block_combine, block_sample, kernels
-from segblocks.blocks.indirection import conv_taps
+from segblocks.blocks.indirection import ConvTaps, build_from_plan, conv_taps
 from segblocks.blocks.layers import conv as conv_layer
 from segblocks.blocks.layers.conv import gemm_weight
 
@@ -147,3 +147,32 @@ def test_layer_path_equals_padded_path(pad_mode, monkeypatch):
         b = block_combine(conv(block_sample(x, mask, 16, pad_mode=pad_mode)))
     assert rel_err(b, a) < 1e-6
     assert len(calls) == (1 if kernels.backend() == "cpp" else 0)
+
+
+def _resolved(taps: ConvTaps, pad_id: int) -> torch.Tensor:
+    """Every table entry as the four pixel ids it averages (a plain pixel: itself 4 times)."""
+    out = []
+    for table in (taps.table_hr, taps.table_lr):
+        t = table.long()
+        quad = t.unsqueeze(-1).expand(*t.shape, 4).clone()
+        avg = t > pad_id
+        quad[avg] = taps.avg_ids.long()[t[avg] - pad_id - 1].sort(-1).values
+        out.append(quad.reshape(-1, 4))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("geom", GEOMS)
+@pytest.mark.parametrize("mode", ["avg", "strided", "zero"])
+def test_cpp_table_builder_matches_the_plan_builder(geom, mode):
+    if kernels.backend() != "cpp":
+        pytest.skip("the C++ kernels are not built")
+    s, k, st, dil, pads = geom
+    gen = torch.Generator().manual_seed(11)
+    grid = BlockGrid(make_mask("mixed", 2, 3, 5, gen), s)
+    fast = conv_taps(grid, s, pads, mode, (k, k), st, (dil, dil))
+    slow = build_from_plan(grid, s, pads, mode, (k, k), st, (dil, dil))
+    assert fast.out_side == slow.out_side
+    assert fast.table_hr.shape == slow.table_hr.shape and fast.table_lr.shape == slow.table_lr.shape
+    pad_id = grid.num_hr * s * s + grid.num_lr * (s // 2) ** 2
+    assert torch.equal(_resolved(fast, pad_id), _resolved(slow, pad_id))
+    assert len(fast.avg_ids) == len(torch.unique(fast.avg_ids[:, 0]))  # each group once
