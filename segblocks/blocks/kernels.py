@@ -614,13 +614,14 @@ combine_blocks = torch.ops.segblocks.combine_blocks.default
 
 
 def pad_plan_indices(mask_flat: Tensor, slot: Tensor, geometry) -> tuple | None:
-    """``(copy_dst, copy_src, avg_dst, avg_src)`` of a zero-bordered halo plan from the C++
-    builder, or ``None`` when it does not apply (python backend, non-CPU grid); the callers then
-    build the same plan with tensor ops (``segblocks.blocks.pad``).
+    """``(copy_dst, copy_src, avg_dst, avg_src)`` of a halo plan (avg / strided mode, zero or
+    replicate border) from the C++ builder, or ``None`` when it does not apply (python backend,
+    non-CPU grid); the callers then build the same plan with tensor ops (``segblocks.blocks.pad``).
 
     ``mask_flat [N*GH*GW]`` bool decisions, ``slot [N*GH*GW]`` each cell's index among its
-    level's blocks, ``geometry = [N, GH, GW, s, pt, pb, pl, pr, avg]``. Plan building is not
-    differentiable, so this is a plain function, not a registered op.
+    level's blocks, ``geometry = [N, GH, GW, s, pt, pb, pl, pr, avg, replicate]`` (``replicate``
+    optional, default 0). Plan building is not differentiable, so this is a plain function, not
+    a registered op.
     """
     if not _on_cpp(mask_flat):
         return None

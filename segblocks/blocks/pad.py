@@ -139,13 +139,14 @@ def _build_pad_plan(grid: BlockGrid, s, pads, mode, border) -> PadPlan:
     t = s // 2
     rows_hr = grid.num_hr * (s + pt + pb) * (s + pl + pr)
     rows = rows_hr + grid.num_lr * (t + pt + pb) * (t + pl + pr)
-    if border == "zeros" and mode in ("avg", "strided"):
+    if mode in ("avg", "strided"):
         geometry = (grid.N, grid.GH, grid.GW, s, pt, pb, pl, pr, mode == "avg")
+        geometry += (border == "replicate",)
         fast = kernels.pad_plan_indices(grid.mask_flat, grid.slot, geometry)
         if fast is not None:
             empty = torch.empty(0, dtype=torch.long, device=grid.device)
             return PadPlan(pads, rows_hr, rows, *fast, empty)
-        if max(pads) <= t:
+        if border == "zeros" and max(pads) <= t:
             return _build_pad_plan_segments(grid, s, pads, mode)
     # General builder (replicate border, "zero" mode, halos wider than an LR block):
     # locates the source of every halo pixel from its global coordinates.

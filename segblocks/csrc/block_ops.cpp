@@ -1039,10 +1039,14 @@ std::tuple<Tensor, Tensor> combine_blocks_backward(const Tensor& grad, const Ten
 // the definition of segblocks.blocks.pad._halo_sources, evaluated per pixel in one pass
 // instead of ~20 tensor ops per plan (the Python builders pay ~1 ms of op overhead per plan
 // and a forward needs one plan per distinct (scale, padding)). Halo pixels beyond the image copy
-// row R (the pad value). geometry = [N, GH, GW, s, pt, pb, pl, pr, avg].
+// row R (the pad value), or with a replicate border the nearest image pixel.
+// geometry = [N, GH, GW, s, pt, pb, pl, pr, avg(, replicate)].
 std::tuple<Tensor, Tensor, Tensor, Tensor> pad_plan(const Tensor& mask_flat, const Tensor& slot,
                                                     at::IntArrayRef geometry) {
-  TORCH_CHECK(geometry.size() == 9, "segblocks: pad_plan geometry has 9 entries");
+  TORCH_CHECK(geometry.size() == 9 || geometry.size() == 10,
+              "segblocks: pad_plan geometry has 9 or 10 entries");
+  // 10th entry: replicate border (halo pixels beyond the image read the nearest image pixel)
+  const bool replicate = geometry.size() == 10 && geometry[9] != 0;
   const int64_t N = geometry[0], GH = geometry[1], GW = geometry[2], s = geometry[3];
   const int64_t pt = geometry[4], pb = geometry[5], pl = geometry[6], pr = geometry[7];
   const bool avg = geometry[8] != 0;
@@ -1077,8 +1081,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pad_plan(const Tensor& mask_flat, con
         for (int64_t x = -pl; x < side + pr; ++x) {
           if (y >= 0 && y < side && x >= 0 && x < side) continue;  // interior
           const int64_t dst = base + (y + pt) * wp + (x + pl);
-          const int64_t Y = gy * side + y, X = gx * side + x;
-          if (Y < 0 || Y >= H || X < 0 || X >= W) {
+          int64_t Y = gy * side + y, X = gx * side + x;
+          if (replicate) {
+            Y = std::min(std::max<int64_t>(Y, 0), H - 1);
+            X = std::min(std::max<int64_t>(X, 0), W - 1);
+          } else if (Y < 0 || Y >= H || X < 0 || X >= W) {
             cd.push_back(dst);
             cs.push_back(R);
             continue;

@@ -591,9 +591,10 @@ def test_plans_cover_every_halo_row():
         assert written.all(), (s, pads, mode, border)
 
 
+@pytest.mark.parametrize("border", ["zeros", "replicate"])
 @pytest.mark.parametrize("mode", ["avg", "strided"])
 @pytest.mark.parametrize("geom", GEOMS + [(8, (4, 4, 4, 4)), (8, (0, 0, 0, 0))], ids=str)
-def test_cpp_pad_plan_equals_the_python_builders(geom, mode):
+def test_cpp_pad_plan_equals_the_python_builders(geom, mode, border):
     """The C++ plan builder gives the plan of the tensor-op builders: every halo row once, from
     the same source (order aside), so halo fills agree bit for bit."""
     _cpp_or_skip()
@@ -605,7 +606,7 @@ def test_cpp_pad_plan_equals_the_python_builders(geom, mode):
     plans = {}
     for name in ("python", "cpp"):
         with kernels.use_backend(name):
-            plans[name] = pad_plan(BlockGrid(mask, 4 * s), s, pads, mode, "zeros")
+            plans[name] = pad_plan(BlockGrid(mask, 4 * s), s, pads, mode, border)
     py, cc = plans["python"], plans["cpp"]
     assert (py.rows, py.rows_hr) == (cc.rows, cc.rows_hr)
     R = py.rows
