@@ -36,13 +36,14 @@ attributes of the same name):
 * ``combine_blocks(hr, lr, hr_cells, lr_cells, geometry=[N, GH, GW, s]) -> [N, C, H, W]``:
   BlockCombine (LR blocks nearest-upsampled), channels-last; differentiable.
 * ``depthwise_conv_blocks(hr, lr, weight, bias, table_hr, table_lr, avg_ids, value, lo, hi)
-  -> (out_hr [Ph, C], out_lr [Pl, C])``: a depthwise convolution of unpadded blocks
-  ``hr [Nh, s, s, C]`` / ``lr [Nl, t, t, C]`` (contiguous, i.e. channels-last pixels) read
-  through indirection tables (``segblocks.blocks.indirection``): output pixel ``p`` of a level
-  is ``clamp(bias + sum_k weight[k] * src(table[p, k]), lo, hi)`` with source ids ``[0, Ph)``
-  HR pixels, ``[Ph, Ph + Pl)`` LR pixels, ``Ph + Pl`` the pad ``value``, ``Ph + Pl + 1 + j`` the
-  mean of the four HR pixels ``avg_ids[j]`` (rounded to the dtype, as a padded store holds it);
-  ``weight [taps, C]``. Float32 accumulation. Inference only (no autograd).
+  -> out [Ph' + Pl', C]`` (the HR output pixels, then the LR ones): a depthwise convolution
+  of unpadded blocks ``hr [Nh, s, s, C]`` / ``lr [Nl, t, t, C]`` (contiguous, i.e.
+  channels-last pixels) read through indirection tables (``segblocks.blocks.indirection``).
+  Output pixel ``p`` is ``clamp(bias + sum_k weight[k] * src(table[p, k]), lo, hi)`` with
+  source ids ``[0, Ph)`` HR pixels, ``[Ph, Ph + Pl)`` LR pixels, ``Ph + Pl`` the pad
+  ``value``, ``Ph + Pl + 1 + j`` the mean of the four HR pixels ``avg_ids[j]`` (rounded to the
+  dtype, as a padded store holds it); ``weight [taps, C]``. Float32 accumulation (float64 for
+  float64). Inference only (no autograd).
 
 ``hr_cells`` / ``lr_cells`` are int64 flat cell ids ``n*GH*GW + gy*GW + gx``, ascending.
 
@@ -650,13 +651,10 @@ def _py_depthwise_conv_blocks(hr, lr, weight, bias, table_hr, table_lr, avg_ids,
     pad = torch.full((1, C), value, dtype=hr.dtype, device=hr.device).to(acc)
     src = torch.cat([hr_rows.to(acc), lr_rows.to(acc), pad, avg])
     w = weight.to(acc)
-    outs = []
-    for table in (table_hr, table_lr):
-        y = (src[table.long()] * w).sum(1)  # [P, taps, C] -> [P, C]
-        if bias is not None:
-            y = y + bias.to(acc)
-        outs.append(y.clamp(lo, hi).to(hr.dtype))
-    return outs[0], outs[1]
+    y = (src[torch.cat([table_hr, table_lr]).long()] * w).sum(1)  # [P, taps, C] -> [P, C]
+    if bias is not None:
+        y = y + bias.to(acc)
+    return y.clamp(lo, hi).to(hr.dtype)
 
 
 @torch.library.custom_op(
@@ -664,7 +662,7 @@ def _py_depthwise_conv_blocks(hr, lr, weight, bias, table_hr, table_lr, avg_ids,
     mutates_args=(),
     schema=(
         "(Tensor hr, Tensor lr, Tensor weight, Tensor? bias, Tensor table_hr, Tensor table_lr, "
-        "Tensor avg_ids, float value, float lo, float hi) -> (Tensor, Tensor)"
+        "Tensor avg_ids, float value, float lo, float hi) -> Tensor"
     ),
 )
 def _depthwise_conv_blocks(hr, lr, weight, bias, table_hr, table_lr, avg_ids, value, lo, hi):
@@ -676,8 +674,7 @@ def _depthwise_conv_blocks(hr, lr, weight, bias, table_hr, table_lr, avg_ids, va
 
 @_depthwise_conv_blocks.register_fake
 def _(hr, lr, weight, bias, table_hr, table_lr, avg_ids, value, lo, hi):
-    C = hr.shape[-1]
-    return hr.new_empty(table_hr.shape[0], C), lr.new_empty(table_lr.shape[0], C)
+    return hr.new_empty(table_hr.shape[0] + table_lr.shape[0], hr.shape[-1])
 
 
 depthwise_conv_blocks = torch.ops.segblocks.depthwise_conv_blocks.default

@@ -38,12 +38,37 @@ from .cache import BufferPool
 from .dispatch import dispatch, method
 from .grid import LEVELS, BlockGrid
 
-__all__ = ["BlockTensor", "MarginProfile", "Trace", "Store", "inference_fast_path"]
+__all__ = [
+    "BlockTensor",
+    "MarginProfile",
+    "Trace",
+    "Store",
+    "inference_fast_path",
+    "pixel_parts",
+    "pixel_rows",
+]
 
 
 def inference_fast_path() -> bool:
     """In-place halo filling, pooled buffers and ``out=`` writes need autograd off."""
     return not torch.is_grad_enabled()
+
+
+def pixel_rows(grid: BlockGrid, side: int) -> tuple[int, int]:
+    """Pixels of the HR and of the LR blocks at a scale with HR side ``side``."""
+    t = side // 2
+    return grid.num_hr * side * side, grid.num_lr * t * t
+
+
+def pixel_parts(pixels: Tensor, grid: BlockGrid, side: int) -> list[Tensor]:
+    """``[hr [Nh, C, s, s], lr [Nl, C, s/2, s/2]]`` channels-last views of ``pixels [rows, C]``
+    (HR blocks' pixels, then LR blocks', each block row-major)."""
+    C, t = pixels.shape[1], side // 2
+    hr, lr = pixels.split(pixel_rows(grid, side))
+    return [
+        hr.view(grid.num_hr, side, side, C).permute(0, 3, 1, 2),
+        lr.view(grid.num_lr, t, t, C).permute(0, 3, 1, 2),
+    ]
 
 
 class MarginProfile:
@@ -168,6 +193,11 @@ class BlockTensor:
         grid: the :class:`BlockGrid` (decisions + cached plans), shared by all scales.
         side: HR block side ``s`` at this scale (``grid.block_size / stride``).
         pad_mode: how BlockPad samples HR neighbours for LR halos (see ``PAD_MODES``).
+        pixels: ``[Nh*s*s + Nl*(s/2)^2, C]`` or ``None``: when set, both levels' pixels in
+            one channels-last matrix (HR blocks, then LR blocks) of which ``parts`` are views.
+            Point-wise work (1x1 convs as one GEMM, activations, residual adds) then runs once
+            for both levels instead of once per level; producers that write one (1x1 convs,
+            depthwise convs at inference) set it, every other op's output has ``None``.
 
     It behaves like the dense ``[N, C, H, W]`` tensor it stands for under ``torch`` / ``F``
     calls (see ``segblocks.blocks.layers`` for the supported ops). In-place ops keep the object
@@ -185,8 +215,10 @@ class BlockTensor:
         op_id: int | None = None,
         store: Store | None = None,
         pending_pad: tuple | None = None,
+        pixels: Tensor | None = None,
     ):
-        self.parts = list(parts)
+        self.parts = list(parts) if parts is not None else pixel_parts(pixels, grid, side)
+        self.pixels = pixels
         self.grid, self.side = grid, side
         self.pad_mode = pad_mode
         self.trace = trace
@@ -215,8 +247,11 @@ class BlockTensor:
     def next_op_id(self) -> int | None:
         return self.trace.next() if self.trace is not None else None
 
-    def derive(self, parts, side=None, store=None, owned=False, op_id=None) -> BlockTensor:
-        """A new block tensor on the same grid and trace with the given per-level parts."""
+    def derive(
+        self, parts, side=None, store=None, owned=False, op_id=None, pixels=None
+    ) -> BlockTensor:
+        """A new block tensor on the same grid and trace with the given per-level parts (or,
+        with ``parts=None``, the parts viewed from ``pixels [rows, C]``)."""
         y = BlockTensor(
             parts,
             self.grid,
@@ -225,13 +260,14 @@ class BlockTensor:
             trace=self.trace,
             op_id=self.next_op_id() if op_id is None else op_id,
             store=store,
+            pixels=pixels,
         )
         y.owned = owned
         return y
 
     def assign(self, other: BlockTensor) -> BlockTensor:
         """In-place semantics: this object now holds ``other``'s value."""
-        self.parts, self.side = list(other.parts), other.side
+        self.parts, self.side, self.pixels = list(other.parts), other.side, other.pixels
         self.op_id, self.store, self.pending_pad = other.op_id, other.store, other.pending_pad
         self.owned = other.owned
         return self

@@ -1130,7 +1130,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pad_plan(const Tensor& mask_flat, con
 // [Ph, Ph + Pl) LR pixels, Ph + Pl the pad value, Ph + Pl + 1 + j the j-th 2x2 mean of HR pixels
 // (an LR halo pixel next to an HR block, avg mode; avg_ids [Ka, 4]). Accumulation is float32
 // for every dtype, taps in table order; bias then clamp(lo, hi) (a fused ReLU / ReLU6) applied
-// before the one rounding to T. Outputs [P, C] per level, P = blocks * o * o.
+// before the one rounding to T. Output [P_hr + P_lr, C], P = blocks * o * o per level.
 
 // Why target_clones: the extension builds without -march flags (its build is shared by every
 // CPU of a kind), so the channel loops would be SSE2 only; GCC emits AVX-512 / AVX2 versions
@@ -1282,12 +1282,10 @@ inline void dw_pixels(const c10::BFloat16* hr, const c10::BFloat16* lr,
   dw_pixels_bf16(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, lo, hi, out);
 }
 
-std::tuple<Tensor, Tensor> depthwise_conv_blocks(const Tensor& hr, const Tensor& lr,
-                                                 const Tensor& weight,
-                                                 const std::optional<Tensor>& bias,
-                                                 const Tensor& table_hr, const Tensor& table_lr,
-                                                 const Tensor& avg_ids, double value, double lo,
-                                                 double hi) {
+Tensor depthwise_conv_blocks(const Tensor& hr, const Tensor& lr, const Tensor& weight,
+                             const std::optional<Tensor>& bias, const Tensor& table_hr,
+                             const Tensor& table_lr, const Tensor& avg_ids, double value,
+                             double lo, double hi) {
   TORCH_CHECK(hr.dim() == 4 && lr.dim() == 4, "segblocks: hr / lr must be [B, h, w, C]");
   TORCH_CHECK(hr.device().is_cpu() && lr.device().is_cpu(), "segblocks: CPU tensors only");
   TORCH_CHECK(hr.is_contiguous() && lr.is_contiguous(),
@@ -1330,8 +1328,8 @@ std::tuple<Tensor, Tensor> depthwise_conv_blocks(const Tensor& hr, const Tensor&
     TORCH_CHECK(bias->numel() == C, "segblocks: bias must have C entries");
     bf = bias->to(acc_type).contiguous();
   }
-  Tensor out_hr = at::empty({table_hr.size(0), C}, hr.options());
-  Tensor out_lr = at::empty({table_lr.size(0), C}, lr.options());
+  // One output for both levels (HR pixels first): point-wise ops after it run once.
+  Tensor out = at::empty({table_hr.size(0) + table_lr.size(0), C}, hr.options());
   // Row 0: the pad value; row 1 + j: the mean of the j-th 2x2 group, both in T, as a BlockPad
   // store holds them, so that results match the padded path.
   Tensor extra = at::empty({1 + Ka, C}, hr.options());
@@ -1363,7 +1361,7 @@ std::tuple<Tensor, Tensor> depthwise_conv_blocks(const Tensor& hr, const Tensor&
     const A alo = static_cast<A>(lo), ahi = static_cast<A>(hi);
     for (int level = 0; level < 2; ++level) {
       const Tensor& table = level == 0 ? table_hr : table_lr;
-      T* o = (level == 0 ? out_hr : out_lr).mutable_data_ptr<T>();
+      T* o = out.mutable_data_ptr<T>() + (level == 0 ? 0 : table_hr.size(0) * C);
       const int32_t* tb = table.const_data_ptr<int32_t>();
       // Whole groups of 4 pixels per task, at least ~64 KB of input each.
       const int64_t grain = (grain_for(K * C * sizeof(T)) + 3) / 4 * 4;
@@ -1372,7 +1370,7 @@ std::tuple<Tensor, Tensor> depthwise_conv_blocks(const Tensor& hr, const Tensor&
       });
     }
   });
-  return {out_hr, out_lr};
+  return out;
 }
 
 
@@ -1496,7 +1494,7 @@ TORCH_LIBRARY(segblocks_C, m) {
   m.def("conv_taps(Tensor mask_flat, Tensor slot, int[] geometry) -> (Tensor, Tensor, Tensor)");
   m.def(
       "depthwise_conv_blocks(Tensor hr, Tensor lr, Tensor weight, Tensor? bias, Tensor table_hr, "
-      "Tensor table_lr, Tensor avg_ids, float value, float lo, float hi) -> (Tensor, Tensor)");
+      "Tensor table_lr, Tensor avg_ids, float value, float lo, float hi) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(segblocks_C, CPU, m) {

@@ -81,13 +81,19 @@ def test_generic_wrapper_with_a_plain_module_and_errors():
     + [
         ("lraspp_mobilenet_v3_large", 64, 128, "strided", "bilinear"),
         ("deeplabv3_resnet50", 32, 64, "strided", "bilinear"),
+        # the CamVid network (TF-"same" depthwise convs at output stride 16, block 32)
+        ("swiftnet_effl1", 32, 64, "avg", "nearest"),
+        ("swiftnet_effl1", 32, 64, "strided", "bilinear"),
     ],
 )
 def test_recipe_mixed_mask_equals_the_reference_executor(name, bs, side, pad_mode, combine):
     """The whole model on a mixed mask (both resolutions, every border case) against the slow
-    block-by-block executor of ``tests/blocks/reference_module.py``, in float64."""
+    block-by-block executor of ``tests/blocks/reference_module.py``, in float64. Inference
+    (no_grad) runs the fast paths: depthwise convs through indirection tables, point-wise work
+    on both levels' pixels at once."""
     torch.manual_seed(0)
-    net = create_model(name, num_classes=5).eval().double()
+    kw = {"output_stride": 16} if name == "swiftnet_effl1" else {}
+    net = create_model(name, num_classes=5, **kw).eval().double()
     x = torch.randn(2, 3, side, 2 * side, dtype=torch.float64)
     gh, gw = side // bs, 2 * side // bs
     mask = torch.rand(2, gh, gw) < 0.5

@@ -9,7 +9,7 @@ from torch import Tensor
 from ..dispatch import UnsupportedBlockOp, register_block_op
 from ..sample import split_dense
 from ..tensor import BlockTensor, inference_fast_path
-from .common import map_parts, no_pending, operand_parts
+from .common import joint_operand, map_parts, no_pending, operand_parts
 
 __all__ = ["inplace_add"]
 
@@ -31,7 +31,13 @@ def _binary(op_name, fn, out_fn=None, commutative=True):
         def into(a, b, out):
             out_fn(a, b, *args, out=out, **kwargs)
 
-        return map_parts(x, plain, into if out_fn is not None else None, others=others)
+        return map_parts(
+            x,
+            plain,
+            into if out_fn is not None else None,
+            others=others,
+            joint_other=joint_operand(other),
+        )
 
     return handler
 
@@ -80,8 +86,13 @@ def _rsub(x, other, alpha=1):
 def inplace_add(x, other, alpha=1):
     """``x += other``: writes into ``x``'s blocks when they are fresh conv/pool outputs."""
     if inference_fast_path() and x.owned and x.pending_pad is None:
-        for a, b in zip(x.parts, operand_parts(x, other, "add_"), strict=True):
-            a.add_(b, alpha=alpha)
+        others = operand_parts(x, other, "add_")
+        joint = joint_operand(other)
+        if x.pixels is not None and joint is not None:
+            x.pixels.add_(joint, alpha=alpha)  # both levels at once
+        else:
+            for a, b in zip(x.parts, others, strict=True):
+                a.add_(b, alpha=alpha)
         if x.store is not None:
             x.store.halo = None  # the interior changed: the halo must be refilled
         x.op_id = x.next_op_id()

@@ -12,7 +12,17 @@ from torch import Tensor
 from ..dispatch import UnsupportedBlockOp
 from ..tensor import BlockTensor, Store, inference_fast_path
 
-__all__ = ["pair", "map_parts", "no_pending", "operand_parts", "functions", "inplace_functions"]
+__all__ = [
+    "pair",
+    "map_parts",
+    "joint_operand",
+    "no_pending",
+    "operand_parts",
+    "functions",
+    "inplace_functions",
+]
+
+_NO_JOINT = object()  # map_parts: a binary op gave no operand for the joint pixel matrix
 
 
 def functions(name: str) -> list[Callable]:
@@ -43,6 +53,7 @@ def map_parts(
     side: int | None = None,
     others: list | None = None,
     inplace_fn: Callable | None = None,
+    joint_other=_NO_JOINT,
 ) -> BlockTensor:
     """Apply ``fn`` to each level's blocks; with a learned halo, write into a padded store.
 
@@ -52,6 +63,11 @@ def map_parts(
     parts are fresh conv / pool outputs nobody else holds) and no consumer asked for a halo, so
     an in-place activation after a conv stays in place as in the dense network; ``x`` itself is
     returned then.
+
+    When ``x.pixels`` holds both levels in one matrix (see :class:`BlockTensor`), ``fn`` /
+    ``inplace_fn`` run once on it, for an element-wise ``fn`` that broadcasts only scalars:
+    ``joint_other`` is then the second operand for that matrix (a number or another block
+    tensor's ``pixels``); binary ops without one pass nothing and take the per-level path.
     """
     trace = x.trace
     op_id = x.next_op_id()
@@ -70,15 +86,41 @@ def map_parts(
         and x.pending_pad is None
         and inference_fast_path()
     ):
-        for a, e in zip(x.parts, extra, strict=True):
-            inplace_fn(a, *e)
+        joint = _joint_operands(x, others, joint_other)
+        if joint is not None:
+            inplace_fn(x.pixels, *joint)
+        else:
+            for a, e in zip(x.parts, extra, strict=True):
+                inplace_fn(a, *e)
         if x.store is not None:
             x.store.halo = None  # the interior changed: the halo must be refilled
         x.op_id = op_id
         return x
     else:
+        joint = _joint_operands(x, others, joint_other) if side in (None, x.side) else None
+        if joint is not None:
+            return x.derive(None, side=side, op_id=op_id, pixels=fn(x.pixels, *joint))
         parts = [fn(a, *e) for a, e in zip(x.parts, extra, strict=True)]
     return x.derive(parts, side=side, store=store, op_id=op_id)
+
+
+def _joint_operands(x: BlockTensor, others, joint_other):
+    """The extra operands of a once-for-both-levels call on ``x.pixels``, or None."""
+    if x.pixels is None:
+        return None
+    if others is None:
+        return ()
+    return None if joint_other is _NO_JOINT or joint_other is None else (joint_other,)
+
+
+def joint_operand(other):
+    """``map_parts``' ``joint_other`` for a binary op's second operand: a number, another block
+    tensor's ``pixels``, or ``None`` (per-channel / per-image tensors broadcast per level)."""
+    if isinstance(other, numbers.Number):
+        return other
+    if isinstance(other, BlockTensor) and other.pending_pad is None:
+        return other.pixels
+    return None
 
 
 def no_pending(x: BlockTensor, op: str) -> None:

@@ -103,6 +103,42 @@ def pointwise_gemm(p: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return y.view(n, h, w, weight.shape[0]).permute(0, 3, 1, 2)
 
 
+def _conv1x1(x: BlockTensor, weight: Tensor, bias, st: int, side: int) -> BlockTensor:
+    """A 1x1 conv (``groups=1``) of both levels as one GEMM over all their pixels.
+
+    The output is one ``[pixels, C_out]`` matrix (``pixels`` of the result), so that the
+    activation, the next 1x1 conv or the residual add after it also run once for both levels.
+    The input is one matrix too when its producer wrote one; otherwise (inference) each level's
+    GEMM writes its rows of the output (and with autograd each level is a GEMM of its own).
+    Why one GEMM: it reads the weights once instead of once per level, which in the deep stages
+    (e.g. 1152 x 320 weights, a few hundred pixels) is as much memory traffic as the pixels.
+    """
+    c_out = weight.shape[0]
+    if st == 1 and x.pixels is not None:
+        y = F.linear(x.pixels, weight.reshape(c_out, -1), bias)
+        out = x.derive(None, side, owned=True, pixels=y)
+    else:
+        parts = x.parts
+        if st > 1:  # a strided 1x1 conv only reads every st-th pixel
+            parts = [p[:, :, ::st, ::st] for p in parts]
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if not inference_fast_path() or autocast:
+            out = x.derive([pointwise_gemm(p, weight, bias) for p in parts], side, owned=True)
+        else:
+            w_t = weight.reshape(c_out, -1).t()
+            rows = [p.shape[0] * p.shape[2] * p.shape[3] for p in parts]
+            y = parts[0].new_empty(sum(rows), c_out)
+            for p, o in zip(parts, y.split(rows), strict=True):
+                a = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
+                if bias is None:
+                    torch.mm(a, w_t, out=o)
+                else:
+                    torch.addmm(bias, a, w_t, out=o)
+            out = x.derive(None, side, owned=True, pixels=y)
+    count_conv(weight, 1, out.parts)
+    return out
+
+
 def _im2col_index(x: BlockTensor, pads, level: int, k, stride, dilation, out_side):
     """Rows of a level's padded blocks (flattened ``[B*hp*wp, C]``) feeding each (output
     pixel, tap), in (block, oy, ox, ky, kx) order: ``[B * out^2 * kh * kw]``."""
@@ -183,8 +219,9 @@ def _use_direct_depthwise(x: BlockTensor, weight: Tensor, groups: int) -> bool:
     )
 
 
-def _depthwise_direct(x: BlockTensor, weight, bias, pads, st, dilation, value, side) -> list:
-    """Both levels of a depthwise conv in one kernel reading halos through indirection."""
+def _depthwise_direct(x: BlockTensor, weight, bias, pads, st, dilation, value, side) -> Tensor:
+    """Both levels of a depthwise conv in one kernel reading halos through indirection:
+    ``[pixels of both levels, C]``."""
     k = tuple(weight.shape[-2:])
     parts = x.parts
     if torch.is_autocast_enabled(x.device.type):
@@ -196,7 +233,7 @@ def _depthwise_direct(x: BlockTensor, weight, bias, pads, st, dilation, value, s
     taps = conv_taps(x.grid, x.side, pads, x.pad_mode, k, st, pair(dilation))
     # [B, h, w, C] views of channels-last parts (a copy only for parts living in a store)
     hr, lr = (p.permute(0, 2, 3, 1).contiguous() for p in parts)
-    yh, yl = kernels.depthwise_conv_blocks_direct(
+    y = kernels.depthwise_conv_blocks_direct(
         hr,
         lr,
         gemm_weight(weight),  # [kh * kw, C]: taps in (ky, kx) order
@@ -208,11 +245,7 @@ def _depthwise_direct(x: BlockTensor, weight, bias, pads, st, dilation, value, s
         float("-inf"),
         float("inf"),
     )
-    C, o = x.channels, side
-    return [
-        yh.view(x.grid.num_hr, o, o, C).permute(0, 3, 1, 2),
-        yl.view(x.grid.num_lr, o // 2, o // 2, C).permute(0, 3, 1, 2),
-    ]
+    return y  # [pixels of both levels, C]
 
 
 @register_block_op(F.conv2d)
@@ -222,19 +255,19 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     pads, st, value = op_geometry("conv2d", x, weight.shape[-2:], stride, padding, dilation)
     side = x.side // st
     if not any(pads) and tuple(weight.shape[-2:]) == (1, 1):
+        if groups == 1:
+            return _conv1x1(x, weight, bias, st, side)
         parts = x.parts
         if st > 1:  # a strided 1x1 conv only reads every st-th pixel
             parts = [p[:, :, ::st, ::st] for p in parts]
-        if groups == 1:
-            out = [pointwise_gemm(p, weight, bias) for p in parts]
-        else:
-            out = [F.conv2d(p, weight, bias, 1, 0, 1, groups) for p in parts]
+        out = [F.conv2d(p, weight, bias, 1, 0, 1, groups) for p in parts]
         count_conv(weight, groups, out)
         return x.derive(out, side, owned=True)
     if _use_direct_depthwise(x, weight, groups):
-        out = _depthwise_direct(x, weight, bias, pads, st, dilation, value, side)
-        count_conv(weight, groups, out)
-        return x.derive(out, side, owned=True)
+        y = _depthwise_direct(x, weight, bias, pads, st, dilation, value, side)
+        out = x.derive(None, side, owned=True, pixels=y)
+        count_conv(weight, groups, out.parts)
+        return out
     gemm_levels = []
     if groups == 1 and (value is None or value == 0) and any(pads):
         gemm_levels = [
