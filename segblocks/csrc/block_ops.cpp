@@ -1159,9 +1159,12 @@ SEGBLOCKS_INLINE vf16 load16(const c10::BFloat16* p) {
 }
 SEGBLOCKS_INLINE void store16(float* p, vf16 v) { *reinterpret_cast<vf16*>(p) = v; }
 SEGBLOCKS_INLINE void store16(c10::BFloat16* p, vf16 v) {
-  float tmp[16];
-  std::memcpy(tmp, &v, sizeof(tmp));
-  for (int j = 0; j < 16; ++j) p[j] = static_cast<c10::BFloat16>(tmp[j]);
+  // float32 -> bfloat16 rounding to nearest even, as c10::BFloat16 does (NaN -> quiet NaN)
+  vu16 u;
+  std::memcpy(&u, &v, sizeof(u));
+  const vu16 r = (u + (0x7FFFu + ((u >> 16) & 1u))) >> 16;
+  const vu16 h = v != v ? (vu16{} + 0x7FC0u) : r;
+  *reinterpret_cast<vh16*>(p) = __builtin_convertvector(h, vh16);
 }
 
 // NP output pixels x channels [c0, c0 + 16 * NV): NP * NV accumulators in registers over every
