@@ -37,8 +37,9 @@ attributes of the same name):
   BlockCombine (LR blocks nearest-upsampled), channels-last; differentiable.
 * ``depthwise_conv_blocks(hr, lr, weight, bias, table_hr, table_lr, avg_ids, value, lo, hi)
   -> out [Ph' + Pl', C]`` (the HR output pixels, then the LR ones): a depthwise convolution
-  of unpadded blocks ``hr [Nh, s, s, C]`` / ``lr [Nl, t, t, C]`` (contiguous, i.e.
-  channels-last pixels) read through indirection tables (``segblocks.blocks.indirection``).
+  of unpadded blocks ``hr [Nh, s, s, C]`` / ``lr [Nl, t, t, C]`` (or their ``[pixels, C]``
+  matrices; contiguous, i.e. channels-last pixels) read through indirection tables
+  (``segblocks.blocks.indirection``).
   Output pixel ``p`` is ``clamp(bias + sum_k weight[k] * src(table[p, k]), lo, hi)`` with
   source ids ``[0, Ph)`` HR pixels, ``[Ph, Ph + Pl)`` LR pixels, ``Ph + Pl`` the pad
   ``value``, ``Ph + Pl + 1 + j`` the mean of the four HR pixels ``avg_ids[j]`` (rounded to the

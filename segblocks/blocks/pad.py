@@ -497,7 +497,7 @@ def _padded_parts(
             dst.copy_(src)
         if not fresh:
             # Later consumers with the same halo (e.g. a residual branch) reuse this buffer.
-            x.store, x.parts, x.pixels = st, st.interiors(), None
+            x.store, x.parts = st, st.interiors()  # (setting parts drops pixels)
     fill_halo(st, x.grid, mode, border, value, hr_only)
     return st.padded()
 

@@ -88,10 +88,12 @@ class timed:
 
 
 def count_conv(weight: torch.Tensor, groups: int, outputs) -> None:
-    """Add the MACs of a conv whose per-level outputs are ``outputs`` (level 0 = HR)."""
+    """Add the MACs of a conv whose per-level outputs are ``outputs`` (level 0 = HR; or the
+    output block tensor, whose parts are only looked at while counting)."""
     st = active()
     if st is None:
         return
+    outputs = getattr(outputs, "parts", outputs)
     per_px = weight.shape[0] * weight.shape[1] * weight.shape[2] * weight.shape[3]
     for key, out in zip(("hr", "lr"), outputs, strict=True):
         st.macs[key] += out.shape[0] * out.shape[2] * out.shape[3] * per_px

@@ -217,7 +217,9 @@ class BlockTensor:
         pending_pad: tuple | None = None,
         pixels: Tensor | None = None,
     ):
-        self.parts = list(parts) if parts is not None else pixel_parts(pixels, grid, side)
+        # With only ``pixels`` given, the per-level views are made when first asked for
+        # (most consumers of a pixel matrix never need them).
+        self._parts = list(parts) if parts is not None else None
         self.pixels = pixels
         self.grid, self.side = grid, side
         self.pad_mode = pad_mode
@@ -267,12 +269,29 @@ class BlockTensor:
 
     def assign(self, other: BlockTensor) -> BlockTensor:
         """In-place semantics: this object now holds ``other``'s value."""
-        self.parts, self.side, self.pixels = list(other.parts), other.side, other.pixels
+        self._parts = None if other._parts is None else list(other._parts)
+        self.side, self.pixels = other.side, other.pixels
         self.op_id, self.store, self.pending_pad = other.op_id, other.store, other.pending_pad
         self.owned = other.owned
         return self
 
     # -------------------------------------------------------------- tensor-like API
+    @property
+    def parts(self) -> list[Tensor]:
+        """``[hr [Nh, C, s, s], lr [Nl, C, s/2, s/2]]`` (views of ``pixels`` when it is set)."""
+        if self._parts is None:
+            self._parts = pixel_parts(self.pixels, self.grid, self.side)
+        return self._parts
+
+    @parts.setter
+    def parts(self, value) -> None:
+        self._parts, self.pixels = list(value), None
+
+    @property
+    def _any(self) -> Tensor:
+        """A tensor holding this block tensor's values (for dtype / device queries)."""
+        return self.pixels if self.pixels is not None else self.parts[0]
+
     @property
     def hr(self) -> Tensor:
         return self.parts[0]
@@ -283,6 +302,8 @@ class BlockTensor:
 
     @property
     def channels(self) -> int:
+        if self.pixels is not None:
+            return int(self.pixels.shape[1])
         return int(self.parts[0].shape[1] if self.grid.num_hr else self.parts[1].shape[1])
 
     @property
@@ -305,18 +326,20 @@ class BlockTensor:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.parts[0].dtype
+        return self._any.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.parts[0].device
+        return self._any.device
 
     @property
     def is_cuda(self) -> bool:
-        return self.parts[0].is_cuda
+        return self._any.is_cuda
 
     @property
     def requires_grad(self) -> bool:
+        if self.pixels is not None:
+            return self.pixels.requires_grad
         return any(p.requires_grad for p in self.parts)
 
     def contiguous(self, memory_format=None) -> BlockTensor:

@@ -1289,13 +1289,14 @@ Tensor depthwise_conv_blocks(const Tensor& hr, const Tensor& lr, const Tensor& w
                              const std::optional<Tensor>& bias, const Tensor& table_hr,
                              const Tensor& table_lr, const Tensor& avg_ids, double value,
                              double lo, double hi) {
-  TORCH_CHECK(hr.dim() == 4 && lr.dim() == 4, "segblocks: hr / lr must be [B, h, w, C]");
+  TORCH_CHECK(hr.dim() >= 2 && lr.dim() >= 2,
+              "segblocks: hr / lr must be [B, h, w, C] or [pixels, C]");
   TORCH_CHECK(hr.device().is_cpu() && lr.device().is_cpu(), "segblocks: CPU tensors only");
   TORCH_CHECK(hr.is_contiguous() && lr.is_contiguous(),
               "segblocks: hr / lr must be contiguous [B, h, w, C] (channels-last blocks)");
   TORCH_CHECK(hr.scalar_type() == lr.scalar_type(), "segblocks: hr / lr dtypes differ");
-  const int64_t C = hr.size(3);
-  TORCH_CHECK(lr.size(3) == C, "segblocks: hr / lr channel counts differ");
+  const int64_t C = hr.size(-1);
+  TORCH_CHECK(lr.size(-1) == C, "segblocks: hr / lr channel counts differ");
   TORCH_CHECK(weight.dim() == 2 && weight.size(1) == C,
               "segblocks: weight must be [taps, C], got ", weight.sizes());
   const int64_t K = weight.size(0);
@@ -1305,8 +1306,7 @@ Tensor depthwise_conv_blocks(const Tensor& hr, const Tensor& lr, const Tensor& w
   }
   TORCH_CHECK(table_hr.size(1) == K && table_lr.size(1) == K && avg_ids.size(1) == 4,
               "segblocks: table widths do not match the taps");
-  const int64_t Ph = hr.size(0) * hr.size(1) * hr.size(2);
-  const int64_t Pl = lr.size(0) * lr.size(1) * lr.size(2);
+  const int64_t Ph = C ? hr.numel() / C : 0, Pl = C ? lr.numel() / C : 0;
   const int64_t Ka = avg_ids.size(0);
   const int64_t limit = Ph + Pl + 1 + Ka;
   // Validated by plain loops (a few microseconds; tensor min / max calls would cost more

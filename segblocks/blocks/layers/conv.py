@@ -20,7 +20,7 @@ from ..dispatch import UnsupportedBlockOp, register_block_op
 from ..indirection import conv_taps
 from ..pad import lr_canvas, lr_cells_of, padded_parts
 from ..stats import count_conv, timed
-from ..tensor import BlockTensor, inference_fast_path
+from ..tensor import BlockTensor, inference_fast_path, pixel_rows
 from .common import pair
 from .geometry import crop, op_geometry, padded_or_plain
 
@@ -135,7 +135,7 @@ def _conv1x1(x: BlockTensor, weight: Tensor, bias, st: int, side: int) -> BlockT
                 else:
                     torch.addmm(bias, a, w_t, out=o)
             out = x.derive(None, side, owned=True, pixels=y)
-    count_conv(weight, 1, out.parts)
+    count_conv(weight, 1, out)
     return out
 
 
@@ -223,16 +223,19 @@ def _depthwise_direct(x: BlockTensor, weight, bias, pads, st, dilation, value, s
     """Both levels of a depthwise conv in one kernel reading halos through indirection:
     ``[pixels of both levels, C]``."""
     k = tuple(weight.shape[-2:])
-    parts = x.parts
+    parts = x.parts if x.pixels is None else None
     if torch.is_autocast_enabled(x.device.type):
         # What autocast does for F.conv2d: input, weight and bias in the autocast dtype.
         dt = torch.get_autocast_dtype(x.device.type)
         weight = weight.to(dt)
         bias = None if bias is None else bias.to(dt)
-        parts = [p.to(dt) for p in parts]
+        parts = [p.to(dt) for p in x.parts]
     taps = conv_taps(x.grid, x.side, pads, x.pad_mode, k, st, pair(dilation))
-    # [B, h, w, C] views of channels-last parts (a copy only for parts living in a store)
-    hr, lr = (p.permute(0, 2, 3, 1).contiguous() for p in parts)
+    if parts is None:
+        hr, lr = x.pixels.split(pixel_rows(x.grid, x.side))  # [P, C] each: the same pixels
+    else:
+        # [B, h, w, C] views of channels-last parts (a copy only for parts living in a store)
+        hr, lr = (p.permute(0, 2, 3, 1).contiguous() for p in parts)
     y = kernels.depthwise_conv_blocks_direct(
         hr,
         lr,
@@ -266,7 +269,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if _use_direct_depthwise(x, weight, groups):
         y = _depthwise_direct(x, weight, bias, pads, st, dilation, value, side)
         out = x.derive(None, side, owned=True, pixels=y)
-        count_conv(weight, groups, out.parts)
+        count_conv(weight, groups, out)
         return out
     gemm_levels = []
     if groups == 1 and (value is None or value == 0) and any(pads):

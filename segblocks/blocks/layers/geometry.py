@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..cache import register_cache
 from ..dispatch import UnsupportedBlockOp
 from ..pad import padded_parts
 from ..tensor import BlockTensor
 from .common import pair
 
 __all__ = ["op_geometry", "check_ceil", "crop", "padded_or_plain"]
+
+_GEOMETRY = register_cache("layers.op_geometry", 1024)
 
 
 def _same_size_check(op, side, k, st, dil, total, H):
@@ -44,13 +47,41 @@ def check_ceil(op, x, kernel, stride, padding, dilation):
         )
 
 
+def _key(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
 def op_geometry(op, x: BlockTensor, kernel, stride, padding, dilation, own_pad_value=0.0):
     """Halo ``(top, bottom, left, right)``, stride and border value for a padded op on ``x``.
 
     ``own_pad_value`` is the value the op itself pads with (0 for conv / avg pool, ``-inf`` for
     max pool); a pending ``F.pad`` with another value can only be merged when the op itself
-    does not pad.
+    does not pad. Results are cached per argument set (a network asks the same few dozen
+    questions every forward pass); invalid arguments raise every time.
     """
+    g = x.grid
+    key = (
+        op,
+        _key(kernel),
+        _key(stride),
+        _key(padding),
+        _key(dilation),
+        own_pad_value,
+        x.pending_pad,
+        x.side,
+        g.GH,
+        g.GW,
+        g.block_size,
+    )
+    hit = _GEOMETRY.get(key)
+    if hit is None:
+        hit = _GEOMETRY.put(
+            key, _op_geometry(op, x, kernel, stride, padding, dilation, own_pad_value)
+        )
+    return hit
+
+
+def _op_geometry(op, x: BlockTensor, kernel, stride, padding, dilation, own_pad_value):
     kh, kw = pair(kernel, "kernel_size")
     sh, sw = pair(stride if stride not in (None, ()) else kernel, "stride")
     dh, dw = pair(dilation, "dilation")
