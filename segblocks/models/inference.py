@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from ..blocks.fuse import fold_batchnorm
+from ..blocks.fuse import fold_batchnorm, fuse_activations
 
 __all__ = ["optimize_for_inference"]
 
@@ -35,8 +35,10 @@ def optimize_for_inference(
     dtype: torch.dtype | None = None,
     example_size: tuple[int, int] = (256, 256),
     inplace: bool = False,
+    fuse: bool = True,
 ) -> nn.Module:
-    """``model`` in eval mode with batch norm folded into its convs and channels-last weights.
+    """``model`` in eval mode with batch norm folded into its convs, conv -> ReLU / ReLU6 pairs
+    fused (:func:`~segblocks.blocks.fuse.fuse_activations`) and channels-last weights.
 
     Args:
         model: a :class:`~segblocks.models.segblocks_model.SegBlocksModel` (its network and a
@@ -46,6 +48,9 @@ def optimize_for_inference(
         example_size: ``(H, W)`` of the traced dense forward that finds conv -> BN pairs; any
             size the network accepts (a multiple of its output stride).
         inplace: modify ``model`` instead of a copy.
+        fuse: fuse activations into convs (on dense tensors the fused layer is the conv and
+            an in-place clamp, as before; on block tensors the clamp is applied as the
+            depthwise kernel or the 1x1 GEMM writes its output).
 
     Returns the model (a copy unless ``inplace``), eval mode. Outputs equal the original's up to
     float rounding (``tests/models/test_inference.py``). Training it afterwards is not
@@ -57,6 +62,8 @@ def optimize_for_inference(
     net = getattr(model, "net", None)
     if isinstance(net, nn.Module) and hasattr(model, "policy"):
         model.net = fold_batchnorm(net, _example(net, example_size), inplace=True)
+        if fuse:
+            model.net = fuse_activations(model.net, _example(net, example_size), inplace=True)
         pol_net = getattr(model.policy, "net", None)
         if isinstance(pol_net, nn.Module) and hasattr(model.policy, "input_size"):
             gh = max(1, example_size[0] // model.block_size)
@@ -65,6 +72,8 @@ def optimize_for_inference(
             model.policy.net = fold_batchnorm(pol_net, _example(pol_net, size), inplace=True)
     else:
         model = fold_batchnorm(model, _example(model, example_size), inplace=True)
+        if fuse:
+            model = fuse_activations(model, _example(model, example_size), inplace=True)
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model.to(memory_format=torch.channels_last)
