@@ -1170,9 +1170,9 @@ SEGBLOCKS_INLINE void store16(c10::BFloat16* p, vf16 v) {
 // NP output pixels x channels [c0, c0 + 16 * NV): NP * NV accumulators in registers over every
 // tap; each weight vector is loaded once per tap for the NP pixels (XNNPACK's dwconv tiles
 // output pixels the same way). src[i * K + k]: the input row of pixel i's tap k.
-template <int NP, int NV, typename T>
+template <int NP, int NV, typename T, typename O>
 SEGBLOCKS_INLINE void dw_tile(const T* const* src, const float* w, const float* bias, int64_t K,
-                              int64_t C, int64_t c0, vf16 lo, vf16 hi, T* const* out) {
+                              int64_t C, int64_t c0, vf16 lo, vf16 hi, O* const* out) {
   vf16 a[NP][NV];
   for (int j = 0; j < NV; ++j) {
     const vf16 b = bias ? load16(bias + c0 + 16 * j) : vf16{};
@@ -1195,9 +1195,9 @@ SEGBLOCKS_INLINE void dw_tile(const T* const* src, const float* w, const float* 
   }
 }
 
-template <int NP, typename T>
+template <int NP, typename T, typename O>
 SEGBLOCKS_INLINE void dw_group(const T* const* src, const float* w, const float* bias, int64_t K,
-                               int64_t C, float lo, float hi, T* const* out) {
+                               int64_t C, float lo, float hi, O* const* out) {
   const vf16 vlo = vf16{} + lo, vhi = vf16{} + hi;
   int64_t c0 = 0;
   for (; c0 + 32 <= C; c0 += 32) dw_tile<NP, 2>(src, w, bias, K, C, c0, vlo, vhi, out);
@@ -1206,7 +1206,7 @@ SEGBLOCKS_INLINE void dw_group(const T* const* src, const float* w, const float*
     for (int i = 0; i < NP; ++i) {
       float a = bias ? bias[c0] : 0.f;
       for (int64_t k = 0; k < K; ++k) a += w[k * C + c0] * static_cast<float>(src[i * K + k][c0]);
-      out[i][c0] = static_cast<T>(std::min(std::max(a, lo), hi));
+      out[i][c0] = static_cast<O>(std::min(std::max(a, lo), hi));
     }
   }
 }
@@ -1218,15 +1218,16 @@ SEGBLOCKS_INLINE const T* dw_row(int64_t id, const T* hr, const T* lr, const T* 
   return id < Ph ? hr + id * C : id < Ph + Pl ? lr + (id - Ph) * C : extra + (id - Ph - Pl) * C;
 }
 
-// float32 / bfloat16 (float32 accumulation): groups of 4 output pixels, then single pixels.
-template <typename T>
-SEGBLOCKS_INLINE void dw_pixels_vec(const T* hr, const T* lr, const T* extra, const float* w,
-                                    const float* bias, const int32_t* table, int64_t p0,
-                                    int64_t p1, int64_t K, int64_t C, int64_t Ph, int64_t Pl,
-                                    float lo, float hi, T* out) {
+// float32 accumulation over float32 inputs (a bfloat16 layer's input is widened once, so that
+// the tap loop has no conversions), output T: groups of 4 output pixels, then single pixels.
+template <typename O>
+SEGBLOCKS_INLINE void dw_pixels_vec(const float* hr, const float* lr, const float* extra,
+                                    const float* w, const float* bias, const int32_t* table,
+                                    int64_t p0, int64_t p1, int64_t K, int64_t C, int64_t Ph,
+                                    int64_t Pl, float lo, float hi, O* out) {
   constexpr int NP = 4;
-  std::vector<const T*> src(NP * K);
-  T* o[NP];
+  std::vector<const float*> src(NP * K);
+  O* o[NP];
   int64_t p = p0;
   for (; p + NP <= p1; p += NP) {
     for (int i = 0; i < NP; ++i) {
@@ -1243,15 +1244,15 @@ SEGBLOCKS_INLINE void dw_pixels_vec(const T* hr, const T* lr, const T* extra, co
   }
 }
 
-#define SEGBLOCKS_DW_VEC(NAME, T)                                                              \
-  SEGBLOCKS_CLONES void NAME(const T* hr, const T* lr, const T* extra, const float* w,         \
-                             const float* bias, const int32_t* table, int64_t p0, int64_t p1,  \
-                             int64_t K, int64_t C, int64_t Ph, int64_t Pl, float lo, float hi, \
-                             T* out) {                                                         \
-    dw_pixels_vec<T>(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, lo, hi, out);        \
+#define SEGBLOCKS_DW_VEC(NAME, O)                                                              \
+  SEGBLOCKS_CLONES void NAME(const float* hr, const float* lr, const float* extra,             \
+                             const float* w, const float* bias, const int32_t* table,          \
+                             int64_t p0, int64_t p1, int64_t K, int64_t C, int64_t Ph,         \
+                             int64_t Pl, float lo, float hi, O* out) {                         \
+    dw_pixels_vec<O>(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, lo, hi, out);        \
   }
 SEGBLOCKS_DW_VEC(dw_pixels_f32, float)
-SEGBLOCKS_DW_VEC(dw_pixels_bf16, c10::BFloat16)
+SEGBLOCKS_DW_VEC(dw_pixels_f32_to_bf16, c10::BFloat16)
 #undef SEGBLOCKS_DW_VEC
 
 // Other dtypes (float16, float64): plain loops, accumulation in at::opmath_type<T>.
@@ -1272,17 +1273,26 @@ void dw_pixels(const T* hr, const T* lr, const T* extra, const A* w, const A* bi
   }
 }
 
+// Overloads picked by (input, output) types: the vectorised clones for float32 -> float32 and
+// (widened bfloat16) float32 -> bfloat16; the generic template for the rest.
 inline void dw_pixels(const float* hr, const float* lr, const float* extra, const float* w,
                       const float* bias, const int32_t* table, int64_t p0, int64_t p1, int64_t K,
                       int64_t C, int64_t Ph, int64_t Pl, float lo, float hi, float* out) {
   dw_pixels_f32(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, lo, hi, out);
 }
 
-inline void dw_pixels(const c10::BFloat16* hr, const c10::BFloat16* lr,
-                      const c10::BFloat16* extra, const float* w, const float* bias,
-                      const int32_t* table, int64_t p0, int64_t p1, int64_t K, int64_t C,
-                      int64_t Ph, int64_t Pl, float lo, float hi, c10::BFloat16* out) {
-  dw_pixels_bf16(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, lo, hi, out);
+inline void dw_pixels(const float* hr, const float* lr, const float* extra, const float* w,
+                      const float* bias, const int32_t* table, int64_t p0, int64_t p1, int64_t K,
+                      int64_t C, int64_t Ph, int64_t Pl, float lo, float hi,
+                      c10::BFloat16* out) {
+  dw_pixels_f32_to_bf16(hr, lr, extra, w, bias, table, p0, p1, K, C, Ph, Pl, lo, hi, out);
+}
+
+// Widened inputs with other output types: not used (only bfloat16 layers are widened).
+template <typename O, typename A>
+void dw_pixels(const float*, const float*, const float*, const A*, const A*, const int32_t*,
+               int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, A, A, O*) {
+  TORCH_CHECK(false, "segblocks: internal error, only bfloat16 inputs are widened");
 }
 
 Tensor depthwise_conv_blocks(const Tensor& hr, const Tensor& lr, const Tensor& weight,
@@ -1362,6 +1372,14 @@ Tensor depthwise_conv_blocks(const Tensor& hr, const Tensor& lr, const Tensor& w
     });
     const A* w = wf.const_data_ptr<A>();
     const A alo = static_cast<A>(lo), ahi = static_cast<A>(hi);
+    // bfloat16: the float32 loop on widened copies of the inputs (each input pixel is read by
+    // up to kh * kw taps; widening it once is cheaper than converting at every tap).
+    Tensor hw, lw, ew;
+    if (hr.scalar_type() == at::kBFloat16) {
+      hw = hr.to(at::kFloat);
+      lw = lr.to(at::kFloat);
+      ew = extra.to(at::kFloat);
+    }
     for (int level = 0; level < 2; ++level) {
       const Tensor& table = level == 0 ? table_hr : table_lr;
       T* o = out.mutable_data_ptr<T>() + (level == 0 ? 0 : table_hr.size(0) * C);
@@ -1369,7 +1387,12 @@ Tensor depthwise_conv_blocks(const Tensor& hr, const Tensor& lr, const Tensor& w
       // Whole groups of 4 pixels per task, at least ~64 KB of input each.
       const int64_t grain = (grain_for(K * C * sizeof(T)) + 3) / 4 * 4;
       at::parallel_for(0, table.size(0), grain, [&](int64_t p0, int64_t p1) {
-        dw_pixels(h, l, ex, w, bp, tb, p0, p1, K, C, Ph, Pl, alo, ahi, o);
+        if (hw.defined()) {
+          dw_pixels(hw.const_data_ptr<float>(), lw.const_data_ptr<float>(),
+                    ew.const_data_ptr<float>(), w, bp, tb, p0, p1, K, C, Ph, Pl, alo, ahi, o);
+        } else {
+          dw_pixels(h, l, ex, w, bp, tb, p0, p1, K, C, Ph, Pl, alo, ahi, o);
+        }
       });
     }
   });
