@@ -100,6 +100,7 @@ def run_demo(
         save_hr_histogram,
         save_miou_vs_gmacs,
     )
+    from segblocks.models.inference import optimize_for_inference
     from segblocks.models.segblocks_model import SegBlocksModel
     from segblocks.training import load_config, load_segblocks, train
 
@@ -126,6 +127,12 @@ def run_demo(
         "SwiftNet-RN18 (static, 160x320)": SegBlocksModel(net, "dense", bs, scale=0.625).eval(),
         "SegBlocks-RN18 (learned, tau 0.4)": seg,
     }
+    # Every model in the fast inference form (BN folded, activations fused, channels-last),
+    # as segblocks eval / infer / bench run them: the latencies compare like with like.
+    models = {
+        name: optimize_for_inference(m, example_size=tuple(val_size)) for name, m in models.items()
+    }
+    seg = models["SegBlocks-RN18 (learned, tau 0.4)"]
     results = {}
     for name, model in models.items():
         print(f"[demo] evaluating {name} ...", flush=True)

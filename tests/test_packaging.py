@@ -86,3 +86,15 @@ def test_wheel_runs_outside_the_source_tree(tmp_path):
     )
     assert _run([py, "-c", code], elsewhere, env).stdout.strip() == "64"
     assert not list(elsewhere.iterdir())  # nothing written outside
+
+
+def test_import_raises_the_onednn_primitive_cache_unless_set():
+    """Block shapes change with every mask; segblocks raises oneDNN's primitive cache (read at
+    oneDNN's first use) unless the user chose a capacity."""
+    code = "import os, segblocks; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "8192", out.stderr
+    env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "100"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "100", out.stderr

@@ -113,7 +113,12 @@ def _linear(a: Tensor, weight: Tensor, bias, activation) -> Tensor:
     bfloat16). It is the op Inductor emits for linear layers on CPU; where it is missing or
     refuses the inputs, ``F.linear`` + ``clamp_`` give the same values.
     """
-    if _LINEAR_POINTWISE is not None and bias is not None and a.device.type == "cpu":
+    if (
+        _LINEAR_POINTWISE is not None
+        and bias is not None
+        and a.device.type == "cpu"
+        and a.dtype in _POINTWISE_DTYPES
+    ):
         if activation is None:
             attr, scalars = "none", []
         elif activation[1] == float("inf") and activation[0] == 0:
@@ -134,6 +139,13 @@ def _linear_pointwise_op():
 
 
 _LINEAR_POINTWISE = _linear_pointwise_op()
+#: Dtypes whose 1x1 GEMMs take oneDNN's fused linear. Not float32: there ``F.linear`` runs as
+#: a BLAS GEMM, while oneDNN builds (JIT-compiles) a primitive for every GEMM shape, and the
+#: rows of a block GEMM change with the number of HR blocks: an unseen count cost ~0.4 ms per
+#: layer, and once the primitive cache (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, 1024 by default)
+#: overflows every frame pays it (CamVid tau 0.4 over 80 HR counts: 45.6 -> 63 ms). bfloat16
+#: GEMMs run in oneDNN either way, so they may as well fuse.
+_POINTWISE_DTYPES = (torch.bfloat16,)
 
 
 def _conv1x1(x: BlockTensor, weight: Tensor, bias, st: int, side: int, activation=None):
