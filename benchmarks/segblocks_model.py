@@ -25,9 +25,10 @@ the time per module as in paper Table 6 (policy, sample, pad, combine, rest = to
 from separate profiled runs with ``BlockStats`` active and forward hooks timing the policy call.
 
 Everything runs under ``torch.inference_mode()``, channels-last, with eval batch norm folded
-into the preceding convs (``segblocks.blocks.fuse.fold_batchnorm``) for the dense and the block
-model alike (the SegBlocks models wrap the very same folded SwiftNet; pre-activation BNs of the
-SwiftNet decoder / SPP / head are left alone by the folding). EfficientNet-Lite1 uses its
+into the preceding convs and conv -> ReLU / ReLU6 pairs fused (``segblocks.blocks.fuse``:
+``fold_batchnorm``, ``fuse_activations``, as ``optimize_for_inference`` does) for the dense and
+the block model alike (the SegBlocks models wrap the very same folded SwiftNet; pre-activation
+BNs of the SwiftNet decoder / SPP / head are left alone by the folding). EfficientNet-Lite1 uses its
 packaged (offline) ImageNet backbone weights, everything else is randomly initialised.
 
 ``--dtype both`` (default) measures float32 and bfloat16 in the same run: every model is built
@@ -64,7 +65,7 @@ import time
 
 import torch
 
-from segblocks.blocks.fuse import fold_batchnorm
+from segblocks.blocks.fuse import fold_batchnorm, fuse_activations
 from segblocks.blocks.stats import BlockStats
 from segblocks.measuring.macs import count_macs_dense
 from segblocks.models import create_model
@@ -254,7 +255,9 @@ def build(args, log, dtype: str) -> dict:
             log(f"[{key}] pretrained backbone unavailable ({e}); random weights")
             kw.pop("pretrained_backbone", None)
             net = create_model(name, **kw)
-        net = fold_batchnorm(net.eval().to(device), example).to(dt).to(memory_format=cl)
+        # the fast inference form of segblocks.models.inference, for dense and blocks alike
+        net = fold_batchnorm(net.eval().to(device), example)
+        net = fuse_activations(net, example, inplace=True).to(dt).to(memory_format=cl)
         pol = LearnedPolicy(block_size=BLOCK, init_tau=LEARNED_FRAC).eval().to(device)
         gsz = pol.input_size((gh, gw))
         pol.net = fold_batchnorm(pol.net, torch.randn(1, 3, *gsz, device=device))
