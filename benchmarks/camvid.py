@@ -52,7 +52,7 @@ MODELS = (
 )
 
 
-def _checkpoint(root: Path, name: str) -> Path | None:
+def checkpoint_path(root: Path, name: str) -> Path | None:
     for p in (root / name / "last.pt", root / f"{name}.pt"):
         if p.is_file():
             return p
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
 
     root = Path(args.checkpoints)
     wanted = [m for m in MODELS if not args.models or m[0] in args.models]
-    found = {n: _checkpoint(root, n) for n, _, _ in wanted}
+    found = {n: checkpoint_path(root, n) for n, _, _ in wanted}
     missing = [n for n, p in found.items() if p is None]
     models = {n: p for n, p in found.items() if p is not None}
     if missing:

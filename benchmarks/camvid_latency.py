@@ -70,7 +70,7 @@ from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     print_machine,
     print_noise,
 )
-from camvid import MODELS, _checkpoint  # noqa: E402
+from camvid import MODELS, checkpoint_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAME = (360, 480)  # CamVid frames, H x W
@@ -435,7 +435,7 @@ def main(argv=None) -> int:
         return 0
     root = Path(args.checkpoints)
     wanted = [n for n, _, _ in MODELS if not args.models or n in args.models]
-    found = {n: _checkpoint(root, n) for n in wanted}
+    found = {n: checkpoint_path(root, n) for n in wanted}
     missing = [n for n, path in found.items() if path is None]
     ckpts = {n: path for n, path in found.items() if path is not None}
     if missing:

@@ -5,13 +5,16 @@ Where each part of the method lives:
 - ``grid``: the per-image HR/LR decisions (:class:`BlockGrid`) and tables derived from them;
 - ``tensor``: the block tensor (parts per resolution level) and its padded buffers;
 - ``sample`` / ``pad`` / ``combine``: BlockSample, BlockPad (index plans + halo fill),
-  BlockCombine; ``fallback``: dense execution of layers that need the whole map;
+  BlockCombine; ``indirection``: BlockPad without copies (per-tap source tables that the
+  depthwise kernel reads halos through); ``fallback``: dense execution of layers that need the
+  whole map;
 - ``kernels`` / ``extension``: the ``segblocks::`` custom ops behind them (C++ on CPU, pure
   PyTorch otherwise);
 - ``dispatch``: which handler runs for a torch call (:func:`register_block_op`);
   ``layers``: the handlers, one module per op family;
 - ``modules``: thin ``nn.Module`` wrappers; ``cache``: every cache, with :func:`clear_caches`;
-  ``stats``: MAC and time accounting; ``fuse``: batch-norm folding for inference.
+  ``stats``: MAC and time accounting; ``fuse``: batch-norm folding and conv + activation
+  fusion for inference.
 """
 
 from . import layers  # noqa: F401  (registers the layer handlers)
