@@ -178,3 +178,30 @@ def test_cpp_table_builder_matches_the_plan_builder(geom, mode):
     pad_id = grid.num_hr * s * s + grid.num_lr * (s // 2) ** 2
     assert torch.equal(_resolved(fast, pad_id), _resolved(slow, pad_id))
     assert len(fast.avg_ids) == len(torch.unique(fast.avg_ids[:, 0]))  # each group once
+
+
+def test_pointwise_work_runs_once_on_the_pixel_matrix():
+    """At inference a 1x1 conv writes both levels into one pixel matrix (``pixels``); the
+    activation and the residual add after it keep working on it; values equal per-level ops."""
+    gen = torch.Generator().manual_seed(7)
+    C = 6
+    conv = torch.nn.Conv2d(C, 2 * C, 1)
+    dw = torch.nn.Conv2d(2 * C, 2 * C, 3, padding=1, groups=2 * C)
+    x = torch.randn(2, C, 32, 48, generator=gen)
+    mask = make_mask("mixed", 2, 2, 3, gen)
+
+    def net(t):
+        y = torch.relu(conv(t))
+        return dw(y) + y
+
+    with torch.inference_mode():
+        xb = block_sample(x, mask, 16)
+        y = torch.relu(conv(xb))
+        assert y.pixels is not None and y.pixels.shape == (
+            mask.sum() * 16 * 16 + (~mask).sum() * 8 * 8,
+            2 * C,
+        )
+        got = block_combine(net(block_sample(x, mask, 16)))
+    ref = block_combine(net(block_sample(x, mask, 16)))  # grad mode: the per-level path
+    assert ref.requires_grad
+    assert rel_err(got, ref) < 1e-6
