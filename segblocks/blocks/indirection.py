@@ -5,8 +5,10 @@ of building the padded blocks (a store written by the producer, then a halo fill
 read each tap straight from where BlockPad would have copied it: the block's own pixel, a
 neighbour's pixel (same resolution, nearest-upsampled LR, or strided HR), the border value, or
 the 2x2 mean of an HR neighbour's pixels (``avg`` mode). :func:`conv_taps` lists that source for
-every (output pixel, tap), derived from the same :func:`~segblocks.blocks.pad.pad_plan` the
-padded path fills halos with, so both paths read exactly the same values
+every (output pixel, tap): on the C++ backend in one pass from global coordinates
+(``segblocks_C::conv_taps``), otherwise (:func:`build_from_plan`) from the same
+:func:`~segblocks.blocks.pad.pad_plan` the padded path fills halos with. Both give the same
+sources, and the depthwise convolution over them equals the padded path
 (``tests/blocks/test_indirection.py``).
 
 Source ids (shared with ``segblocks::depthwise_conv_blocks``, :mod:`.kernels`): ``[0, Ph)``
@@ -25,7 +27,7 @@ from . import kernels
 from .grid import BlockGrid
 from .pad import PAD_MODES, pad_plan
 
-__all__ = ["ConvTaps", "conv_taps"]
+__all__ = ["ConvTaps", "conv_taps", "build_from_plan"]
 
 
 @dataclass

@@ -107,11 +107,12 @@ def pointwise_gemm(p: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 def _linear(a: Tensor, weight: Tensor, bias, activation) -> Tensor:
     """``clamp(a @ weight.T + bias)`` for a pixel matrix ``a [P, C_in]`` at inference.
 
-    Why ``mkldnn._linear_pointwise``: oneDNN adds the bias and applies the clamp as post-ops of
-    the GEMM, where ``F.linear`` copies the bias into the output first and the clamp is one more
-    pass (2 threads, the CamVid network's GEMM shapes: 5 % less time in float32, 15 % in
-    bfloat16). It is the op Inductor emits for linear layers on CPU; where it is missing or
-    refuses the inputs, ``F.linear`` + ``clamp_`` give the same values.
+    Why ``mkldnn._linear_pointwise`` (bfloat16 only, see ``_POINTWISE_DTYPES``): oneDNN adds
+    the bias and applies the clamp as post-ops of the GEMM, where ``F.linear`` copies the bias
+    into the output first and the clamp is one more pass (2 threads, the CamVid network's GEMM
+    shapes, shapes already compiled: 15 % less time in bfloat16, 5 % in float32). It is the op
+    Inductor emits for linear layers on CPU; where it is missing or refuses the inputs,
+    ``F.linear`` + ``clamp_`` give the same values.
     """
     if (
         _LINEAR_POINTWISE is not None
