@@ -1435,17 +1435,30 @@ std::tuple<Tensor, Tensor, Tensor> conv_taps(const Tensor& mask_flat, const Tens
     const int64_t side = req_hr ? s : t, o = side / st, H = GH * side, W = GW * side;
     tables[level] = at::empty({static_cast<int64_t>(own.size()) * o * o, K}, at::kInt);
     int32_t* tb = tables[level].data_ptr<int32_t>();
+    // Tap offsets inside a block: output pixels whose whole window lies in their own block
+    // (most of them in large tiles) take base + offset, without per-tap tests.
+    std::vector<int64_t> off(K);
+    for (int64_t ky = 0; ky < kh; ++ky)
+      for (int64_t kx = 0; kx < kw; ++kx) off[ky * kw + kx] = ky * dh * side + kx * dw;
+    const int64_t span_y = (kh - 1) * dh, span_x = (kw - 1) * dw;
     at::parallel_for(0, static_cast<int64_t>(own.size()), 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t cell = own[b], n = cell / (GH * GW), gy = (cell / GW) % GH, gx = cell % GW;
+        const int64_t own_base = (req_hr ? 0 : Ph) + sp[cell] * side * side;
         int32_t* e = tb + b * o * o * K;
         for (int64_t oy = 0; oy < o; ++oy) {
           for (int64_t ox = 0; ox < o; ++ox) {
+            const int64_t y0 = oy * st - pt, x0 = ox * st - pl;
+            if (y0 >= 0 && y0 + span_y < side && x0 >= 0 && x0 + span_x < side) {
+              const int64_t base = own_base + y0 * side + x0;
+              for (int64_t k = 0; k < K; ++k) *e++ = static_cast<int32_t>(base + off[k]);
+              continue;
+            }
             for (int64_t ky = 0; ky < kh; ++ky) {
               for (int64_t kx = 0; kx < kw; ++kx, ++e) {
                 const int64_t y = oy * st + ky * dh - pt, x = ox * st + kx * dw - pl;
                 if (y >= 0 && y < side && x >= 0 && x < side) {  // the block's own pixel
-                  *e = (req_hr ? 0 : Ph) + sp[cell] * side * side + y * side + x;
+                  *e = own_base + y * side + x;
                   continue;
                 }
                 const int64_t Y = gy * side + y, X = gx * side + x;
