@@ -26,6 +26,7 @@ from torch import Tensor
 from . import kernels
 from .grid import BlockGrid
 from .pad import PAD_MODES, pad_plan
+from .tensor import pixel_rows
 
 __all__ = ["ConvTaps", "conv_taps", "build_from_plan"]
 
@@ -82,7 +83,7 @@ def build_from_plan(grid, s, pads, mode, kernel, stride, dilation) -> ConvTaps:
     dev = grid.device
     pt, pb, pl, pr = pads
     counts, sides = (grid.num_hr, grid.num_lr), (s, s // 2)
-    Ph, Pl = counts[0] * s * s, counts[1] * (s // 2) ** 2
+    Ph, Pl = pixel_rows(grid, s)
     pad_id = Ph + Pl
     # The source of every row of the padded store the plan addresses (row R: the pad value).
     src = torch.full((plan.rows + 1,), pad_id, dtype=torch.long, device=dev)

@@ -105,15 +105,17 @@ def add_optimize_argument(p: argparse.ArgumentParser) -> None:
         "--no-optimize",
         dest="optimize",
         action="store_false",
-        help="run the model as loaded; by default batch norm is folded into the convs and the "
-        "weights are channels-last (segblocks.models.inference.optimize_for_inference): same "
-        "outputs up to float rounding, same MACs, faster",
+        help="run the model as loaded; by default batch norm is folded into the convs, "
+        "conv -> ReLU/ReLU6 pairs are fused and the weights are channels-last "
+        "(segblocks.models.inference.optimize_for_inference): same outputs up to float "
+        "rounding, same MACs, faster",
     )
 
 
 def optimize_model(model, args: argparse.Namespace | None = None):
     """``model`` in the fast inference form (:func:`~segblocks.models.inference.
-    optimize_for_inference`, in place: eval, batch norm folded, channels-last), unless
+    optimize_for_inference`, in place: eval, batch norm folded, activations fused,
+    channels-last), unless
     ``args.optimize`` is false (``--no-optimize``); attributes set on the model (``dataset``,
     ``class_names``) stay."""
     if args is not None and not getattr(args, "optimize", True):

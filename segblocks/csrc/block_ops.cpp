@@ -1150,13 +1150,6 @@ typedef uint32_t vu16 __attribute__((vector_size(64)));
 #define SEGBLOCKS_INLINE __attribute__((always_inline)) inline
 
 SEGBLOCKS_INLINE vf16 load16(const float* p) { return *reinterpret_cast<const vf16*>(p); }
-SEGBLOCKS_INLINE vf16 load16(const c10::BFloat16* p) {
-  // a bfloat16 is the upper half of a float32
-  const vu16 w = __builtin_convertvector(*reinterpret_cast<const vh16*>(p), vu16) << 16;
-  vf16 f;
-  std::memcpy(&f, &w, sizeof(f));
-  return f;
-}
 SEGBLOCKS_INLINE void store16(float* p, vf16 v) { *reinterpret_cast<vf16*>(p) = v; }
 SEGBLOCKS_INLINE void store16(c10::BFloat16* p, vf16 v) {
   // float32 -> bfloat16 rounding to nearest even, as c10::BFloat16 does (NaN -> quiet NaN)

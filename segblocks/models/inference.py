@@ -1,9 +1,11 @@
-"""The fast inference form of a model: eval mode, batch norm folded, channels-last.
+"""The fast inference form of a model: eval mode, batch norm folded, conv -> ReLU / ReLU6
+fused, channels-last.
 
 Every inference path (``segblocks infer``, ``eval``, ``bench``, ``calibrate``, the benchmarks)
 runs static and SegBlocks models in this same form, so that a speed ratio compares both sides
-as a user would deploy them: folding removes one read + write pass per conv, and channels-last
-is what oneDNN runs fastest on CPU and what the block engine's buffers use.
+as a user would deploy them: folding removes one read + write pass per conv, fusing lets block
+execution clamp while writing a conv's output, and channels-last is what oneDNN runs fastest
+on CPU and what the block engine's buffers use.
 """
 
 from __future__ import annotations
@@ -60,10 +62,13 @@ def optimize_for_inference(
         model = copy.deepcopy(model)
     model.eval()
     net = getattr(model, "net", None)
+
+    def fast(m: nn.Module) -> nn.Module:
+        m = fold_batchnorm(m, _example(m, example_size), inplace=True)
+        return fuse_activations(m, _example(m, example_size), inplace=True) if fuse else m
+
     if isinstance(net, nn.Module) and hasattr(model, "policy"):
-        model.net = fold_batchnorm(net, _example(net, example_size), inplace=True)
-        if fuse:
-            model.net = fuse_activations(model.net, _example(net, example_size), inplace=True)
+        model.net = fast(net)
         pol_net = getattr(model.policy, "net", None)
         if isinstance(pol_net, nn.Module) and hasattr(model.policy, "input_size"):
             gh = max(1, example_size[0] // model.block_size)
@@ -71,9 +76,7 @@ def optimize_for_inference(
             size = model.policy.input_size((gh, gw))
             model.policy.net = fold_batchnorm(pol_net, _example(pol_net, size), inplace=True)
     else:
-        model = fold_batchnorm(model, _example(model, example_size), inplace=True)
-        if fuse:
-            model = fuse_activations(model, _example(model, example_size), inplace=True)
+        model = fast(model)
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model.to(memory_format=torch.channels_last)

@@ -22,8 +22,6 @@ __all__ = [
     "inplace_functions",
 ]
 
-_NO_JOINT = object()  # map_parts: a binary op gave no operand for the joint pixel matrix
-
 
 def functions(name: str) -> list[Callable]:
     """The out-of-place ``F.<name>``, ``torch.<name>`` and ``torch.Tensor.<name>`` that exist."""
@@ -53,7 +51,7 @@ def map_parts(
     side: int | None = None,
     others: list | None = None,
     inplace_fn: Callable | None = None,
-    joint_other=_NO_JOINT,
+    joint_other=None,
 ) -> BlockTensor:
     """Apply ``fn`` to each level's blocks; with a learned halo, write into a padded store.
 
@@ -67,7 +65,7 @@ def map_parts(
     When ``x.pixels`` holds both levels in one matrix (see :class:`BlockTensor`), ``fn`` /
     ``inplace_fn`` run once on it, for an element-wise ``fn`` that broadcasts only scalars:
     ``joint_other`` is then the second operand for that matrix (a number or another block
-    tensor's ``pixels``); binary ops without one pass nothing and take the per-level path.
+    tensor's ``pixels``); a binary op without one (``None``) takes the per-level path.
     """
     trace = x.trace
     op_id = x.next_op_id()
@@ -110,7 +108,7 @@ def _joint_operands(x: BlockTensor, others, joint_other):
         return None
     if others is None:
         return ()
-    return None if joint_other is _NO_JOINT or joint_other is None else (joint_other,)
+    return None if joint_other is None else (joint_other,)
 
 
 def joint_operand(other):

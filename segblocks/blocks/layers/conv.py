@@ -161,20 +161,19 @@ def _conv1x1(x: BlockTensor, weight: Tensor, bias, st: int, side: int, activatio
     """
     c_out = weight.shape[0]
     fast = inference_fast_path() and not torch.is_autocast_enabled(x.device.type)
-    if st == 1 and x.pixels is not None and fast:
-        y = _linear(x.pixels, weight.reshape(c_out, -1), bias, activation)
-        out = x.derive(None, side, owned=True, pixels=y)
-        count_conv(weight, 1, out)
-        return out
     if st == 1 and x.pixels is not None:
-        y = F.linear(x.pixels, weight.reshape(c_out, -1), bias)
+        w2 = weight.reshape(c_out, -1)
+        if fast:  # the clamp fused into the GEMM where the backend allows it
+            y = _linear(x.pixels, w2, bias, activation)
+            activation = None
+        else:
+            y = F.linear(x.pixels, w2, bias)
         out = x.derive(None, side, owned=True, pixels=y)
     else:
         parts = x.parts
         if st > 1:  # a strided 1x1 conv only reads every st-th pixel
             parts = [p[:, :, ::st, ::st] for p in parts]
-        autocast = torch.is_autocast_enabled(x.device.type)
-        if not inference_fast_path() or autocast:
+        if not fast:
             out = x.derive([pointwise_gemm(p, weight, bias) for p in parts], side, owned=True)
         else:
             w_t = weight.reshape(c_out, -1).t()
