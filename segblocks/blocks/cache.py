@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .tracing import exporting
+
 __all__ = ["BoundedCache", "BufferPool", "clear_caches", "register_cache", "caches"]
 
 _CACHES: dict[str, BoundedCache] = {}
@@ -52,6 +54,9 @@ class BoundedCache:
         return value
 
     def get_or_build(self, key: Hashable, build: Callable[[], Any]):
+        if exporting():
+            # traced values are fake tensors and symbols: never kept, never served
+            return build()
         v = self.get(key)
         return v if v is not None else self.put(key, build())
 

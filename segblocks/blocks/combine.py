@@ -10,6 +10,7 @@ from . import kernels
 from .pad import padded_parts
 from .stats import timed
 from .tensor import BlockTensor
+from .tracing import known_zero
 
 __all__ = ["block_combine", "upsample_lr_bilinear", "COMBINE_MODES"]
 
@@ -38,7 +39,7 @@ def block_combine(x: BlockTensor, upsample: str = "nearest") -> Tensor:
         raise ValueError(f"upsample {upsample!r} must be one of {COMBINE_MODES}")
     g = x.grid
     with timed("combine", x.device):
-        if upsample == "bilinear" and g.num_lr:
+        if upsample == "bilinear" and not known_zero(g.num_lr):
             return _combine_same_size(x, upsample_lr_bilinear(x))
         return kernels.combine_blocks(
             x.parts[0], x.parts[1], g.hr_cells, g.lr_cells, [g.N, g.GH, g.GW, x.side]

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .cache import register_cache
+from .tracing import exporting
 
 __all__ = ["BlockGrid", "NEIGHBOUR_DIRECTIONS", "LEVELS"]
 
@@ -40,6 +41,19 @@ def _dirs_tensor(device) -> Tensor:
     return _DIRS.get_or_build(
         str(device), lambda: torch.tensor(NEIGHBOUR_DIRECTIONS, device=device).t().contiguous()
     )
+
+
+def _symbolic_cells(flat: Tensor) -> tuple[Tensor, Tensor]:
+    """``(hr_cells [Nh], lr_cells [Nl])`` under ``torch.export``: one data-dependent size
+    ``Nh`` (an unbacked symbol) and ``Nl = cells - Nh``, so that shapes built from both levels
+    stay comparable (two ``nonzero`` calls would give two unrelated symbols)."""
+    total = flat.numel()
+    num_hr = flat.sum().item()
+    torch._check(num_hr >= 0)
+    torch._check(num_hr <= total)
+    # a stable sort puts the HR cells first, each level in row-major order as nonzero would
+    order = torch.argsort((~flat).to(torch.uint8), stable=True)
+    return order.narrow(0, 0, num_hr), order.narrow(0, num_hr, total - num_hr)
 
 
 class BlockGrid:
@@ -86,10 +100,14 @@ class BlockGrid:
         self.N, self.GH, self.GW = (int(v) for v in mask.shape)
         flat = mask.reshape(-1)
         self.mask_flat = flat
-        self.hr_cells = torch.nonzero(flat).squeeze(1)
-        self.lr_cells = torch.nonzero(~flat).squeeze(1)
-        self.num_hr = int(self.hr_cells.numel())
-        self.num_lr = int(self.lr_cells.numel())
+        if exporting():
+            self.hr_cells, self.lr_cells = _symbolic_cells(flat)
+            self.num_hr, self.num_lr = self.hr_cells.shape[0], self.lr_cells.shape[0]
+        else:
+            self.hr_cells = torch.nonzero(flat).squeeze(1)
+            self.lr_cells = torch.nonzero(~flat).squeeze(1)
+            self.num_hr = int(self.hr_cells.numel())
+            self.num_lr = int(self.lr_cells.numel())
         slot = torch.empty(flat.numel(), dtype=torch.long, device=mask.device)
         slot[self.hr_cells] = torch.arange(self.num_hr, device=mask.device)
         slot[self.lr_cells] = torch.arange(self.num_lr, device=mask.device)

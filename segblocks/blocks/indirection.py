@@ -70,7 +70,9 @@ def _build(grid, s, pads, mode, kernel, stride, dilation) -> ConvTaps:
         raise ValueError(f"pad mode {mode!r} is not one of {PAD_MODES}")
     pt, _, pl, _ = pads
     geometry = (grid.N, grid.GH, grid.GW, s, pt, pl, *kernel, stride, *dilation)
-    fast = kernels.conv_taps_indices(grid.mask_flat, grid.slot, (*geometry, PAD_MODES.index(mode)))
+    fast = kernels.conv_taps_indices(
+        grid.mask_flat, grid.slot, (*geometry, PAD_MODES.index(mode)), grid.num_hr
+    )
     if fast is not None:
         return ConvTaps(*fast, s // stride)
     return build_from_plan(grid, s, pads, mode, kernel, stride, dilation)

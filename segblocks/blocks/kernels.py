@@ -65,6 +65,7 @@ import torch
 from torch import Tensor
 
 from . import extension
+from .tracing import exporting
 
 __all__ = [
     "BACKENDS",
@@ -627,17 +628,83 @@ def pad_plan_indices(mask_flat: Tensor, slot: Tensor, geometry) -> tuple | None:
     """
     if not _on_cpp(mask_flat):
         return None
+    if exporting():
+        return pad_plan_op(mask_flat, slot, [int(g) for g in geometry])
     return _C.pad_plan(mask_flat, slot, [int(g) for g in geometry])
 
 
-def conv_taps_indices(mask_flat: Tensor, slot: Tensor, geometry) -> tuple | None:
+def conv_taps_indices(mask_flat: Tensor, slot: Tensor, geometry, num_hr=None) -> tuple | None:
     """``(table_hr, table_lr, avg_ids)`` of :func:`segblocks.blocks.indirection.conv_taps`
     from the C++ builder, or ``None`` off the C++ backend (the caller then builds them with
     tensor ops). ``geometry = [N, GH, GW, s, pt, pl, kh, kw, stride, dh, dw, mode]`` with mode
     0 / 1 / 2 for avg / strided / zero. Not differentiable: a plain function."""
     if not _on_cpp(mask_flat):
         return None
+    if exporting():
+        return conv_taps_op(mask_flat, slot, num_hr, [int(g) for g in geometry])
     return _C.conv_taps(mask_flat, slot, [int(g) for g in geometry])
+
+
+# The table builders as registered ops: only ``torch.export`` calls them through the op layer
+# (eager calls go straight to the C++ function), so that an exported program builds its plans
+# at run time from the mask it gets. The table lengths depend on the mask: the fake kernels
+# give them in terms of the number of HR blocks where that decides them, else as new symbols.
+
+
+def _cpp_only(name: str):
+    raise RuntimeError(
+        f"segblocks::{name} needs the compiled kernels (segblocks.blocks.extension), which did "
+        f"not load: {extension.failure_reason()}"
+    )
+
+
+@torch.library.custom_op(
+    "segblocks::pad_plan",
+    mutates_args=(),
+    schema="(Tensor mask_flat, Tensor slot, int[] geometry) -> (Tensor, Tensor, Tensor, Tensor)",
+)
+def _pad_plan_op(mask_flat, slot, geometry):
+    """:func:`pad_plan_indices` as an op (C++ backend only)."""
+    if not _on_cpp(mask_flat):
+        _cpp_only("pad_plan")
+    return _C.pad_plan(mask_flat, slot, geometry)
+
+
+@_pad_plan_op.register_fake
+def _(mask_flat, slot, geometry):
+    ctx = torch.library.get_ctx()
+    copies, avgs = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+    new = lambda n: mask_flat.new_empty(n, dtype=torch.long)  # noqa: E731
+    return new(copies), new(copies), new(avgs), new(avgs * 4)
+
+
+@torch.library.custom_op(
+    "segblocks::conv_taps",
+    mutates_args=(),
+    schema=(
+        "(Tensor mask_flat, Tensor slot, SymInt num_hr, int[] geometry) -> (Tensor, Tensor, Tensor)"
+    ),
+)
+def _conv_taps_op(mask_flat, slot, num_hr, geometry):
+    """:func:`conv_taps_indices` as an op (C++ backend only); ``num_hr`` (the number of
+    ``True`` in ``mask_flat``) only gives the fake kernel the tables' lengths."""
+    if not _on_cpp(mask_flat):
+        _cpp_only("conv_taps")
+    return _C.conv_taps(mask_flat, slot, geometry)
+
+
+@_conv_taps_op.register_fake
+def _(mask_flat, slot, num_hr, geometry):
+    s, kh, kw, stride = geometry[3], geometry[6], geometry[7], geometry[8]
+    o, t = s // stride, (s // 2) // stride
+    num_lr = mask_flat.shape[0] - num_hr
+    avgs = torch.library.get_ctx().new_dynamic_size()
+    new = lambda *shape: mask_flat.new_empty(shape, dtype=torch.int32)  # noqa: E731
+    return new(num_hr * o * o, kh * kw), new(num_lr * t * t, kh * kw), new(avgs, 4)
+
+
+pad_plan_op = torch.ops.segblocks.pad_plan.default
+conv_taps_op = torch.ops.segblocks.conv_taps.default
 
 
 # depthwise convolution through indirection tables ------------------------------------------
@@ -684,6 +751,11 @@ depthwise_conv_blocks = torch.ops.segblocks.depthwise_conv_blocks.default
 def depthwise_conv_blocks_direct(hr, lr, weight, bias, table_hr, table_lr, avg_ids, value, lo, hi):
     """:func:`depthwise_conv_blocks` without the op-dispatch layer on the C++ backend (the
     layers' inference path calls it once per depthwise conv; ~10 us less per call)."""
+    if exporting():
+        # traced: through the registered op, so the program calls it (the fake kernel sizes it)
+        return depthwise_conv_blocks(
+            hr, lr, weight, bias, table_hr, table_lr, avg_ids, value, lo, hi
+        )
     if _on_cpp(hr):
         return _C.depthwise_conv_blocks(
             hr, lr, weight, bias, table_hr, table_lr, avg_ids, value, lo, hi

@@ -37,6 +37,7 @@ from torch import Tensor
 from .cache import BufferPool
 from .dispatch import dispatch, method
 from .grid import LEVELS, BlockGrid
+from .tracing import exporting, known_zero
 
 __all__ = [
     "BlockTensor",
@@ -44,13 +45,21 @@ __all__ = [
     "Trace",
     "Store",
     "inference_fast_path",
+    "inference_kernels",
     "pixel_parts",
     "pixel_rows",
 ]
 
 
 def inference_fast_path() -> bool:
-    """In-place halo filling, pooled buffers and ``out=`` writes need autograd off."""
+    """In-place halo filling, pooled buffers and ``out=`` writes need autograd off, and state
+    kept between calls (pools, learned halos) rules out tracing by ``torch.export``."""
+    return not torch.is_grad_enabled() and not exporting()
+
+
+def inference_kernels() -> bool:
+    """Inference-only kernels without autograd (the direct depthwise op, fused GEMM epilogues):
+    autograd off; functional, so also taken under ``torch.export``."""
     return not torch.is_grad_enabled()
 
 
@@ -304,7 +313,8 @@ class BlockTensor:
     def channels(self) -> int:
         if self.pixels is not None:
             return int(self.pixels.shape[1])
-        return int(self.parts[0].shape[1] if self.grid.num_hr else self.parts[1].shape[1])
+        hr, lr = self.parts
+        return int(lr.shape[1] if known_zero(self.grid.num_hr) else hr.shape[1])
 
     @property
     def shape(self) -> torch.Size:

@@ -146,7 +146,8 @@ class SegBlocksModel(nn.Module):
         #: latency model of ``ms`` budgets (``segblocks calibrate``; see :meth:`latency_cost`)
         self.latency_calibration = None
 
-    def _padded_size(self, h: int, w: int) -> tuple[int, int]:
+    def padded_size(self, h: int, w: int) -> tuple[int, int]:
+        """``(hp, wp)``: ``h x w`` rounded up to whole blocks (raises without ``pad_to_block``)."""
         bs = self.block_size
         hp, wp = math.ceil(h / bs) * bs, math.ceil(w / bs) * bs
         if (hp, wp) != (h, w) and not self.pad_to_block:
@@ -278,7 +279,7 @@ class SegBlocksModel(nn.Module):
                 f"SegBlocksModel got an empty batch: image shape {tuple(image.shape)}; pass at "
                 "least one image of at least 1x1 pixels ([N >= 1, 3, H, W])"
             )
-        hp, wp = self._padded_size(H, W)
+        hp, wp = self.padded_size(H, W)
         x = self.pad_input(image, hp, wp)
         grid_shape = (hp // self.block_size, wp // self.block_size)
         if budget is not None:

@@ -131,11 +131,18 @@ def budget_count(budget: Budget, num_blocks: int, cost: AffineCost | None = None
     return max(0, min(num_blocks, k))
 
 
-def top_k_mask(scores: Tensor, k: int) -> Tensor:
+def top_k_mask(scores: Tensor, k: int | Tensor) -> Tensor:
     """``[N, GH, GW]`` bool: the ``k`` highest-scoring blocks of each image (ties: the lower
-    index first, so the result is deterministic)."""
+    index first, so the result is deterministic). ``k`` is an int or an int tensor ``[N]`` (one
+    count per image, as an exported program takes it)."""
     N = scores.shape[0]
     flat = scores.reshape(N, -1).float()
+    if isinstance(k, Tensor):
+        # each block's rank in its image's order, compared with that image's k
+        order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+        ranks = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
+        rank = torch.empty_like(order).scatter_(1, order, ranks)
+        return (rank < k.view(-1, 1).to(rank.device)).view(scores.shape)
     mask = torch.zeros_like(flat, dtype=torch.bool)
     if k > 0:
         order = torch.sort(flat, dim=1, descending=True, stable=True).indices

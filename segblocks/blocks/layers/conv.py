@@ -20,7 +20,8 @@ from ..dispatch import UnsupportedBlockOp, register_block_op
 from ..indirection import conv_taps
 from ..pad import lr_canvas, lr_cells_of, padded_parts
 from ..stats import count_conv, timed
-from ..tensor import BlockTensor, inference_fast_path, pixel_rows
+from ..tensor import BlockTensor, inference_fast_path, inference_kernels, pixel_rows
+from ..tracing import exporting, known_zero
 from .common import pair
 from .geometry import crop, op_geometry, padded_or_plain
 
@@ -77,6 +78,9 @@ def gemm_weight(weight: Tensor) -> Tensor:
     shape and version counter. ``module.to(dtype)`` swaps ``.data`` without bumping the
     version, so identity and version alone would hand back a stale layout.
     """
+    if exporting():
+        # traced: the permuted copy becomes part of the program (constant-folded by AOTI)
+        return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
     key = id(weight)
     # Inference tensors (made under torch.inference_mode) track no version counter.
     version = None if weight.is_inference() else weight._version
@@ -160,10 +164,11 @@ def _conv1x1(x: BlockTensor, weight: Tensor, bias, st: int, side: int, activatio
     (e.g. 1152 x 320 weights, a few hundred pixels) is as much memory traffic as the pixels.
     """
     c_out = weight.shape[0]
-    fast = inference_fast_path() and not torch.is_autocast_enabled(x.device.type)
+    autocast = torch.is_autocast_enabled(x.device.type)
+    fast = inference_fast_path() and not autocast
     if st == 1 and x.pixels is not None:
         w2 = weight.reshape(c_out, -1)
-        if fast:  # the clamp fused into the GEMM where the backend allows it
+        if inference_kernels() and not autocast:  # the clamp fused into the GEMM where it can be
             y = _linear(x.pixels, w2, bias, activation)
             activation = None
         else:
@@ -261,7 +266,7 @@ def _use_lr_canvas(x: BlockTensor, weight: Tensor, groups: int, pads, value) -> 
 def _use_direct_depthwise(x: BlockTensor, weight: Tensor, groups: int) -> bool:
     return (
         DIRECT_DEPTHWISE
-        and inference_fast_path()
+        and inference_kernels()
         and groups > 1
         and weight.shape[1] == 1
         and groups == weight.shape[0] == x.channels
@@ -332,7 +337,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
         gemm_levels = [
             lv
             for lv in range(len(x.parts))
-            if x.grid.count(lv) > 0 and _use_im2col(side >> lv, weight.shape[1])
+            if not known_zero(x.grid.count(lv)) and _use_im2col(side >> lv, weight.shape[1])
         ]
     out = {}
     if gemm_levels:
