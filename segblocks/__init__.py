@@ -13,4 +13,20 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
 from .blocks import BlockGrid, BlockTensor, block_combine, block_pad, block_sample
 
 __version__ = "0.1.0"
-__all__ = ["BlockGrid", "BlockTensor", "block_sample", "block_pad", "block_combine"]
+__all__ = [
+    "BlockGrid",
+    "BlockTensor",
+    "block_sample",
+    "block_pad",
+    "block_combine",
+    "load_exported",
+]
+
+
+def __getattr__(name: str):
+    # segblocks.load_exported without importing the model code at ``import segblocks``
+    if name == "load_exported":
+        from .deploy import load_exported
+
+        return load_exported
+    raise AttributeError(f"module 'segblocks' has no attribute {name!r}")

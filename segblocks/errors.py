@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointError",
     "OutputDirError",
     "InputError",
+    "ExportError",
     "TrainingInterrupted",
     "did_you_mean",
     "short_repr",
@@ -41,6 +42,18 @@ class OutputDirError(SegBlocksError):
 
 class InputError(SegBlocksError, ValueError):
     """Input files that cannot be used (no images, name collisions, unreadable images)."""
+
+
+class ExportError(SegBlocksError, RuntimeError):
+    """A model that cannot be exported, scripted or traced in the form asked for; the message
+    names what works (``segblocks export --format pt2``)."""
+
+
+#: the one way to export that works, named by every refusal
+EXPORT_HINT = (
+    "export SegBlocks models with `segblocks export CKPT OUT.pt2 --format pt2 --size HxW` or "
+    "segblocks.deploy.export_program(model, (H, W))"
+)
 
 
 class TrainingInterrupted(SegBlocksError):

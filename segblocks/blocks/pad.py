@@ -28,6 +28,7 @@ from .cache import register_cache
 from .grid import NEIGHBOUR_DIRECTIONS, BlockGrid
 from .stats import timed
 from .tensor import BlockTensor, Store, inference_fast_path
+from .tracing import op_float
 
 __all__ = [
     "PAD_MODES",
@@ -487,7 +488,7 @@ def _padded_parts(
         # the two block gradients, with no store-sized copies in the graph.
         plan = pad_plan(x.grid, x.side, pads, mode, border)
         hr_padded, lr_padded = kernels.pad_blocks(
-            x.parts[0], x.parts[1], *plan.tensors(), [x.side, *pads], float(value)
+            x.parts[0], x.parts[1], *plan.tensors(), [x.side, *pads], op_float(value)
         )
         return [hr_padded, lr_padded]
     st = x.store

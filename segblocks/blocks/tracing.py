@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.fx.experimental.symbolic_shapes import guard_or_false
 
-__all__ = ["exporting", "known_zero"]
+__all__ = ["exporting", "known_zero", "op_float"]
 
 
 def exporting() -> bool:
@@ -26,3 +26,18 @@ def known_zero(n) -> bool:
     if isinstance(n, int):
         return n == 0
     return guard_or_false(n == 0)
+
+
+#: the largest finite float32, standing in for an infinite scalar argument while traced
+_FINITE_MAX = 3.4028234663852886e38
+
+
+def op_float(v: float) -> float:
+    """A float argument of a ``segblocks::`` op: itself, but while traced ``+-inf`` becomes
+    ``+-FLT_MAX``. Why: AOTInductor serialises the arguments of custom-op calls as JSON, which
+    has no infinity, and its loader refuses the string it writes instead. The uses are clamp
+    bounds (no clamp) and max pooling's pad value, where the two agree for every finite input."""
+    v = float(v)
+    if exporting() and v in (float("inf"), float("-inf")):
+        return _FINITE_MAX if v > 0 else -_FINITE_MAX
+    return v

@@ -76,7 +76,12 @@ def add_dtype_argument(p: argparse.ArgumentParser) -> None:
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Options that pick the model of ``eval`` and ``infer`` (see :func:`load_model`)."""
     p.add_argument("--checkpoint", help="trainer checkpoint (segblocks train writes last.pt)")
-    p.add_argument("--model", default="swiftnet_rn18", help="registry model without checkpoint")
+    p.add_argument(
+        "--model",
+        default="swiftnet_rn18",
+        help="registry model without checkpoint, or an exported program / AOTInductor package "
+        "(segblocks export --format pt2 | aoti) as PATH.pt2",
+    )
     p.add_argument(
         "--num-classes",
         type=int,
@@ -143,6 +148,8 @@ def load_model(args: argparse.Namespace, num_classes: int | None = None):
     from segblocks.models import create_model
     from segblocks.models.segblocks_model import SegBlocksModel
 
+    if exported_path(args) is not None:
+        return load_exported_model(args)
     if args.checkpoint:
         from segblocks.training import load_segblocks
 
@@ -158,6 +165,45 @@ def load_model(args: argparse.Namespace, num_classes: int | None = None):
     policy = args.policy or "all_hr"
     model = SegBlocksModel(net, policy, args.block_size, **_policy_kwargs(args, policy))
     return optimize_model(model.eval(), args)
+
+
+def exported_path(args: argparse.Namespace):
+    """The ``--model PATH.pt2`` of an exported program, or ``None`` for a registry name."""
+    from pathlib import Path
+
+    model = getattr(args, "model", None)
+    return Path(model) if model and str(model).endswith(".pt2") else None
+
+
+def load_exported_model(args: argparse.Namespace):
+    """``--model PATH.pt2``: the exported program (:func:`segblocks.deploy.load_exported`);
+    options that rebuild or change a model are refused, not ignored."""
+    from segblocks.deploy import load_exported
+
+    path = exported_path(args)
+    if args.checkpoint:
+        raise ValueError(
+            f"give --checkpoint or an exported --model {path}, not both (the exported program "
+            "holds its weights)"
+        )
+    fixed = [
+        opt
+        for opt, set_ in (
+            ("--policy", args.policy is not None),
+            ("--num-classes", args.num_classes is not None),
+            ("--scale", getattr(args, "scale", None) is not None),
+            ("--block-size", args.block_size != 128),
+        )
+        if set_
+    ]
+    if fixed:
+        raise ValueError(
+            f"{', '.join(fixed)} cannot change an exported program ({path}); export the "
+            "checkpoint again with the model you want"
+        )
+    if args.device != "cpu":
+        raise ValueError(f"exported programs run on the CPU here; drop --device {args.device}")
+    return load_exported(path)
 
 
 def input_normalize(model):
@@ -187,6 +233,8 @@ def model_id(args: argparse.Namespace) -> str:
     """What a calibration file records as the model: the checkpoint file or registry name."""
     from pathlib import Path
 
+    if exported_path(args) is not None:
+        return f"exported:{exported_path(args).name}"
     return f"checkpoint:{Path(args.checkpoint).name}" if args.checkpoint else args.model
 
 

@@ -2,14 +2,15 @@
 
 What is exported (:class:`ExportProgram`)::
 
-    forward(image [N, 3, H, W] float32, normalised, k [N] int64)
+    forward(image [N, 3, H, W] float32, normalised, k [N] int64, mask [N, GH, GW] bool)
         -> (logits [N, classes, H, W] float32, grid [N, GH, GW] bool)
 
-for one input size ``H x W`` and batch ``N``. ``k[i] >= 0`` runs the ``k[i]`` blocks the
-policy ranks highest in high resolution (budgets, :mod:`segblocks.policies.budget`); ``k[i] < 0``
-lets the policy decide (its threshold). The program holds everything the eager model runs:
-input padding, the policy network, BlockSample, the block execution of the network, the dense
-SPP, BlockCombine and the final upsampling.
+for one input size ``H x W`` and batch ``N``. Per image, ``k[i] >= 0`` runs the ``k[i]`` blocks
+the policy ranks highest in high resolution (budgets, :mod:`segblocks.policies.budget`);
+``k[i] == USE_POLICY`` (-1) lets the policy decide (its threshold); ``k[i] == USE_MASK`` (-2)
+takes ``mask[i]`` as the decisions (read only then). The program holds everything the eager
+model runs: input padding, the policy network, BlockSample, the block execution of the
+network, the dense SPP, BlockCombine and the final upsampling.
 
 Why one program serves every mask: under ``torch.export`` the block grid counts its HR blocks
 with ``.item()``, which becomes a symbol (``u0``), not a number; every block shape is an
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 
 from ..blocks import kernels
 from ..blocks.extension import failure_reason
+from ..errors import ExportError
 from ..models.segblocks_model import SegBlocksModel
 from ..policies.budget import top_k_mask
 
@@ -43,6 +45,8 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "METADATA_FILE",
+    "USE_MASK",
+    "USE_POLICY",
     "export_metadata",
     "export_program",
     "package_aoti",
@@ -55,13 +59,13 @@ FORMAT_VERSION = 1
 METADATA_FILE = "segblocks.json"
 
 
-class ExportError(RuntimeError):
-    """A model cannot be exported as asked (the message says what to do instead)."""
+#: values of the program's ``k`` input other than a block count
+USE_POLICY, USE_MASK = -1, -2
 
 
 class ExportProgram(nn.Module):
-    """The module :func:`export_program` traces: ``(image, k) -> (logits, grid)`` (see the
-    module docstring). ``dtype``: the model's parameter dtype; the image is cast to it and the
+    """The module :func:`export_program` traces: ``(image, k, mask) -> (logits, grid)`` (see
+    the module docstring). ``dtype``: the model's parameter dtype; the image is cast to it and the
     logits back to float32, so the program's interface is float32 whatever it computes in."""
 
     def __init__(self, model: SegBlocksModel, dtype: torch.dtype = torch.float32):
@@ -69,7 +73,7 @@ class ExportProgram(nn.Module):
         self.model = model
         self.dtype = dtype
 
-    def forward(self, image: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, image: Tensor, k: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         m = self.model
         x = image.to(self.dtype)
         if m.dense:
@@ -78,11 +82,12 @@ class ExportProgram(nn.Module):
             hp, wp = m.padded_size(*x.shape[-2:])
             grid_shape = (hp // m.block_size, wp // m.block_size)
             pol = m.policy(m.pad_input(x, hp, wp), grid_shape)
-            mask = pol.mask
+            decided = pol.mask
             if pol.scores is not None:
                 ranked = top_k_mask(pol.scores, k)
-                mask = torch.where((k >= 0).view(-1, 1, 1), ranked, mask)
-            out = m(x, mask=mask)
+                decided = torch.where((k >= 0).view(-1, 1, 1), ranked, decided)
+            decided = torch.where((k == USE_MASK).view(-1, 1, 1), mask, decided)
+            out = m(x, mask=decided)
         return out.logits.float(), out.grid
 
 
@@ -172,7 +177,8 @@ def export_program(
 
     Example:
         >>> ep = export_program(model, (360, 480))
-        >>> logits, grid = ep.module()(image, torch.full((1,), -1))
+        >>> no_mask = torch.zeros(1, 12, 15, dtype=torch.bool)
+        >>> logits, grid = ep.module()(image, torch.full((1,), USE_POLICY), no_mask)
     """
     from ..models.inference import optimize_for_inference
 
@@ -187,9 +193,12 @@ def export_program(
         m = copy.deepcopy(model).eval().to(dtype=dtype)
     p = next(iter(m.parameters()))
     image = torch.randn(batch, 3, H, W, device=p.device)
-    k = torch.full((batch,), -1, dtype=torch.long, device=p.device)
+    k = torch.full((batch,), USE_POLICY, dtype=torch.long, device=p.device)
+    hp, wp = m.padded_size(H, W)
+    bs = m.block_size
+    mask = torch.zeros(batch, hp // bs, wp // bs, dtype=torch.bool, device=p.device)
     with torch.no_grad():
-        return torch.export.export(ExportProgram(m, dtype), (image, k), strict=False)
+        return torch.export.export(ExportProgram(m, dtype), (image, k, mask), strict=False)
 
 
 def _check_out(path: Path) -> None:

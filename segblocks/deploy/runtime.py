@@ -20,7 +20,7 @@ from ..blocks import kernels  # noqa: F401  (registers the segblocks:: ops the g
 from ..errors import CheckpointError
 from ..models.segblocks_model import SegBlocksOutput
 from ..policies.budget import AffineCost, Budget, budget_count
-from .export import FORMAT, FORMAT_VERSION, METADATA_FILE
+from .export import FORMAT, FORMAT_VERSION, METADATA_FILE, USE_MASK, USE_POLICY
 
 __all__ = ["ExportedSegBlocks", "load_exported"]
 
@@ -64,6 +64,11 @@ class ExportedSegBlocks(nn.Module):
             f"policy {self.metadata.get('policy')!r}, {self.num_classes} classes)"
         )
 
+    @property
+    def dense(self) -> bool:
+        """``True`` for a program of the plain network (dense policy): no blocks."""
+        return self.metadata.get("policy") == "dense"
+
     def train(self, mode: bool = True) -> ExportedSegBlocks:
         """A no-op but for the flag: the program is an inference graph (exported programs
         refuse ``train()``)."""
@@ -104,8 +109,9 @@ class ExportedSegBlocks(nn.Module):
             cost = self.latency_cost(*self.padded_size)
         return budget_count(budget, self.grid[0] * self.grid[1], cost)
 
-    def forward(self, image: Tensor, budget=None) -> SegBlocksOutput:
-        """``image [batch, 3, H, W]`` (normalised) -> :class:`SegBlocksOutput`."""
+    def forward(self, image: Tensor, mask: Tensor | None = None, budget=None) -> SegBlocksOutput:
+        """``image [batch, 3, H, W]`` (normalised) -> :class:`SegBlocksOutput`; ``mask [batch,
+        GH, GW]`` bool overrides the policy, ``budget`` ranks blocks (as the eager model)."""
         want = (self.batch, 3, *self.size)
         if not isinstance(image, Tensor) or tuple(image.shape) != want:
             got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
@@ -117,15 +123,33 @@ class ExportedSegBlocks(nn.Module):
                 f"{image.shape[-1] if isinstance(image, Tensor) else 'W'} (--batch for another "
                 "batch size)"
             )
-        k = -1 if budget is None else self.budget_count(budget)
+        gshape = (self.batch, *self.grid)
+        if mask is not None and budget is not None:
+            raise ValueError("give a mask or a budget, not both")
+        if mask is not None:
+            if not isinstance(mask, Tensor) or tuple(mask.shape) != gshape:
+                got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+                raise ValueError(f"mask must be a bool tensor of shape {list(gshape)}, got {got}")
+            if self.metadata.get("policy") == "dense":
+                raise ValueError("this program runs the plain network (dense policy): no mask")
+            k = USE_MASK
+        else:
+            k = USE_POLICY if budget is None else self.budget_count(budget)
+            mask = torch.zeros(gshape, dtype=torch.bool)
         ks = torch.full((self.batch,), k, dtype=torch.long, device=image.device)
-        logits, grid = self.program(image.float(), ks)
+        logits, grid = self.program(image.float(), ks, mask.to(image.device, torch.bool))
         return SegBlocksOutput(logits, grid, None, None, grid.flatten(1).float().mean(1))
 
 
-def _is_aoti(path: Path) -> bool:
+def _kind(path: Path) -> str | None:
+    """``"aoti"``, ``"pt2"`` (a program saved with segblocks metadata) or ``None``."""
     with zipfile.ZipFile(path) as z:
-        return any("aotinductor" in n for n in z.namelist())
+        names = z.namelist()
+    if any("/aotinductor/" in n for n in names):
+        return "aoti"
+    if any(n.endswith(f"/extra/{METADATA_FILE}") for n in names):
+        return "pt2"
+    return None
 
 
 def _check_metadata(meta: dict | None, path: Path) -> dict:
@@ -159,7 +183,10 @@ def load_exported(path) -> ExportedSegBlocks:
             f"{path} is not an exported program (not a .pt2 archive); make one with segblocks "
             "export CKPT OUT.pt2 --format pt2 --size HxW"
         )
-    if _is_aoti(path):
+    kind = _kind(path)
+    if kind is None:
+        _check_metadata(None, path)
+    if kind == "aoti":
         from torch._inductor import aoti_load_package
 
         compiled = aoti_load_package(str(path))

@@ -144,12 +144,26 @@ def calibrate(
     """Measure ``model`` (a :class:`~segblocks.models.segblocks_model.SegBlocksModel`, eval
     mode) at ``size`` (a multiple of its block size) and fit the affine latency model.
 
+    An exported program (:class:`~segblocks.deploy.ExportedSegBlocks`) is measured at the
+    size it takes (``size`` must be that size or its padded size); its policy runs inside
+    every timed call, so no separate policy time is added.
+
     Args:
         counts: number of HR counts measured, evenly spread from 0 to all blocks.
         runs: timed runs per count (each with a fresh random mask); warmup: untimed runs.
     """
     from tqdm import tqdm
 
+    from ..deploy import ExportedSegBlocks
+
+    exported = isinstance(model, ExportedSegBlocks)
+    if exported:
+        if tuple(size) not in (model.size, model.padded_size):
+            raise ValueError(
+                f"calibration size {size[0]}x{size[1]}: this exported program takes "
+                f"{model.size[0]}x{model.size[1]} images; calibrate at that size"
+            )
+        size = model.padded_size
     H, W = size
     bs = model.block_size
     if H % bs or W % bs:
@@ -162,14 +176,17 @@ def calibrate(
     gh, gw = H // bs, W // bs
     B = gh * gw
     ks = sorted({round(i * B / (counts - 1)) for i in range(counts)})
-    p = next(iter(model.parameters()))
+    p = next(iter(model.parameters()), torch.empty(0))  # (an AOTI package has none)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 3, H, W, generator=gen).to(device=p.device, dtype=dtype)
-    model = model.to(dtype=dtype).eval()
+    if exported:  # float32 in, whatever the program computes in
+        x = torch.randn(1, 3, *model.size, generator=gen)
+    else:
+        x = torch.randn(1, 3, H, W, generator=gen).to(device=p.device, dtype=dtype)
+        model = model.to(dtype=dtype).eval()
     times: dict[int, list[float]] = {k: [] for k in ks}
     policy_times: list[float] = []
     sync = torch.cuda.synchronize if p.device.type == "cuda" else (lambda: None)
-    total = (warmup + runs) * (len(ks) + 1)
+    total = (warmup + runs) * (len(ks) + (0 if exported else 1))
     with torch.inference_mode(), tqdm(total=total, desc="calibrate", disable=not progress) as bar:
         for r in range(warmup + runs):
             order = ks[r % len(ks) :] + ks[: r % len(ks)]
@@ -182,6 +199,8 @@ def calibrate(
                 if r >= warmup:
                     times[k].append(1000 * (time.perf_counter() - t0))
                 bar.update(1)
+            if exported:
+                continue
             sync()
             t0 = time.perf_counter()
             model.policy(x, (gh, gw))

@@ -26,8 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..blocks import BlockSample, BlockTensor, block_combine
+from ..blocks import BlockSample, BlockTensor, block_combine, kernels
+from ..blocks.extension import failure_reason
 from ..blocks.fallback import run_densely
+from ..blocks.tracing import exporting
+from ..errors import EXPORT_HINT, ExportError
 from ..policies import Dense, Policy, create_policy
 from ..policies.budget import AffineCost, Budget, budget_count, top_k_mask
 from .generic import missing_protocol
@@ -53,6 +56,10 @@ class SegBlocksOutput:
     probs: Tensor | None
     log_probs: Tensor | None
     hr_fraction: Tensor
+
+
+# a pytree node, so that torch.export of a SegBlocksModel returns it as it is
+torch.export.register_dataclass(SegBlocksOutput, serialized_type_name="segblocks.SegBlocksOutput")
 
 
 class SegBlocksModel(nn.Module):
@@ -261,6 +268,11 @@ class SegBlocksModel(nn.Module):
         k = budget_count(budget, grid_shape[0] * grid_shape[1], cost)
         return top_k_mask(pol.scores, k), pol
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first: block execution is Python dispatch on a
+        # tensor-like object, which TorchScript cannot express
+        raise ExportError(f"torch.jit.script cannot compile a SegBlocksModel; {EXPORT_HINT}")
+
     def forward(self, image: Tensor, mask: Tensor | None = None, budget=None) -> SegBlocksOutput:
         """``image [N, 3, H, W]`` -> :class:`SegBlocksOutput`; ``mask`` overrides the policy.
 
@@ -268,6 +280,40 @@ class SegBlocksModel(nn.Module):
         ``"2.1gmacs"``, ``"35ms"``, or a :class:`~segblocks.policies.budget.Budget`) runs the
         policy's top-ranked blocks that fit it in high resolution instead of thresholding.
         """
+        if torch.jit.is_tracing():
+            raise ExportError(
+                "torch.jit.trace cannot record block execution (its shapes depend on the "
+                f"mask); {EXPORT_HINT}"
+            )
+        if not exporting() or self.dense:
+            return self._forward(image, mask, budget)
+        if torch.compiler.is_dynamo_compiling() and torch.compiler.is_exporting():
+            raise ExportError(
+                "torch.export(strict=True) cannot trace block execution (Python dispatch on "
+                f"block tensors); {EXPORT_HINT}"
+            )
+        if budget is not None:
+            raise ExportError(
+                "a budget is converted to a block count in Python; exported programs take the "
+                f"count as an input: {EXPORT_HINT}"
+            )
+        if not self.dense and kernels.backend() != "cpp":
+            raise ExportError(
+                "exporting block execution needs the compiled kernels (segblocks::pad_plan, "
+                "segblocks::conv_taps), but the block ops run on the python backend "
+                f"({failure_reason() or 'SEGBLOCKS_BACKEND=python'}); {EXPORT_HINT}"
+            )
+        try:
+            return self._forward(image, mask, budget)
+        except ExportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any tracing failure gets the one way that works
+            raise ExportError(
+                f"tracing this SegBlocksModel failed ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0][:300]}); {EXPORT_HINT}"
+            ) from e
+
+    def _forward(self, image: Tensor, mask: Tensor | None, budget) -> SegBlocksOutput:
         if not isinstance(image, Tensor) or image.dim() != 4:
             raise ValueError(
                 f"image must be a [N, 3, H, W] tensor, got "

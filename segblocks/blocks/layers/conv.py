@@ -21,7 +21,7 @@ from ..indirection import conv_taps
 from ..pad import lr_canvas, lr_cells_of, padded_parts
 from ..stats import count_conv, timed
 from ..tensor import BlockTensor, inference_fast_path, inference_kernels, pixel_rows
-from ..tracing import exporting, known_zero
+from ..tracing import exporting, known_zero, op_float
 from .common import pair
 from .geometry import crop, op_geometry, padded_or_plain
 
@@ -302,9 +302,9 @@ def _depthwise_direct(
         taps.table_hr,
         taps.table_lr,
         taps.avg_ids,
-        0.0 if value is None else float(value),
-        float(lo),
-        float(hi),
+        op_float(0.0 if value is None else value),
+        op_float(lo),
+        op_float(hi),
     )
     return y  # [pixels of both levels, C]
 
