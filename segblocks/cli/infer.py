@@ -1,4 +1,5 @@
-"""``segblocks infer``: coloured segmentation and HR decision overlay for image files."""
+"""``segblocks infer``: coloured segmentation and HR decision overlay for image files; one
+overlay video and ``frames.csv`` for a video file or (``--stream``) a folder of frames."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .common import (
     fail,
     input_normalize,
     load_model,
+    positive_int,
 )
 
 
@@ -24,15 +26,55 @@ def add_parser(sub) -> None:
             "other files are listed as skipped) and legend.csv (class id, name, colour). The "
             "colours and class names are those of the checkpoint's training dataset "
             "(procedural, Cityscapes, CamVid), or a generic palette. 16-bit images are scaled "
-            "to 8 bits. Two inputs with one name (x.png, x.jpg) are refused."
+            "to 8 bits. Two inputs with one name (x.png, x.jpg) are refused. A video file "
+            "(.mp4 .mkv .avi .mov .webm .m4v .mpg .mpeg; needs PyAV: pip install "
+            "'segblocks[video]') or, with --stream, a folder of numbered frames is segmented "
+            "frame by frame into <name>_overlay.mp4 (class colours over the frame, HR blocks "
+            "outlined) and frames.csv (frame, latency_ms, hr_percent, gmacs, and the excess "
+            "over --budget); undecodable frames are skipped with a note."
         ),
     )
-    p.add_argument("input", help="an image file or a folder of images")
+    p.add_argument(
+        "input",
+        help="an image file, a folder of images, a video file or (--stream) a folder "
+        "of numbered frames",
+    )
     p.add_argument("out_dir", help="output folder")
     add_model_arguments(p)
     add_budget_arguments(p)
     p.add_argument("--skip-bad", action="store_true", help="warn and skip unreadable images")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="the input folder is one stream of frames (natural order: frame_2 before "
+        "frame_10) -> one overlay video; a file is read as a video whatever its suffix",
+    )
+    p.add_argument(
+        "--fps",
+        type=positive_float,
+        help="frame rate of the overlay video (default: the input video's; 10 for frames)",
+    )
+    p.add_argument(
+        "--max-frames", type=positive_int, help="stop a video / stream after N segmented frames"
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed forwards of the first frame before timing a video / stream (default 1)",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return v
 
 
 def model_palette(model):
@@ -49,12 +91,58 @@ def model_palette(model):
     return palette_for(dataset, k, getattr(model, "class_names", None))
 
 
+def is_stream(args: argparse.Namespace) -> bool:
+    """Whether ``args.input`` is segmented as a stream: a video file, or ``--stream``."""
+    from pathlib import Path
+
+    from segblocks.evaluation.video import is_video
+
+    p = Path(args.input)
+    return bool(args.stream) or (p.is_file() and is_video(p))
+
+
+def run_stream(args: argparse.Namespace, note) -> int:
+    from segblocks.evaluation.video import infer_stream
+
+    try:
+        model = load_model(args)
+        check_budget(args, model)
+        palette, names, _ = model_palette(model)
+        summary = infer_stream(
+            model,
+            args.input,
+            args.out_dir,
+            normalize=input_normalize(model),
+            palette=palette,
+            class_names=names,
+            fps=args.fps,
+            max_frames=args.max_frames,
+            device=args.device,
+            budget=args.budget,
+            report=note,
+            progress=args.progress,
+            warmup=args.warmup,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        return fail("infer", e)
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from segblocks.evaluation import infer
 
     def note(msg: str) -> None:
         print(f"segblocks infer: note: {msg}", file=sys.stderr)
 
+    if is_stream(args):
+        return run_stream(args, note)
+    if args.fps is not None or args.max_frames is not None:
+        return fail(
+            "infer",
+            "--fps and --max-frames apply to a video file or a --stream folder of frames, "
+            f"not to {args.input}",
+        )
     try:
         model = load_model(args)
         check_budget(args, model)

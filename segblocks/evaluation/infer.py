@@ -30,7 +30,14 @@ from torch import Tensor, nn
 from ..errors import InputError
 from .visualize import colorize, decision_overlay, save_png
 
-__all__ = ["IMAGE_SUFFIXES", "image_suffixes", "infer", "list_images", "read_image"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "image_suffixes",
+    "infer",
+    "list_images",
+    "read_image",
+    "write_legend",
+]
 
 #: the suffixes of the common formats (every format Pillow opens is accepted, see
 #: :func:`image_suffixes`)
@@ -146,6 +153,18 @@ def _check_outputs(files: list[Path], out: Path) -> None:
                 )
 
 
+def write_legend(path, palette, class_names) -> Path:
+    """``legend.csv``: ``id,name,r,g,b`` per class (black past the palette's end)."""
+    pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "name", "r", "g", "b"])
+        for k, name in enumerate(class_names):
+            r, g, b = (int(v) for v in pal[k]) if k < len(pal) else (0, 0, 0)
+            w.writerow([k, name, r, g, b])
+    return Path(path)
+
+
 def infer(
     model: nn.Module,
     inputs,
@@ -213,13 +232,7 @@ def infer(
     except OSError as e:
         raise InputError(f"cannot create output folder {out}: {e.strerror or e}") from None
     if class_names is not None:
-        pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
-        with open(out / "legend.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["id", "name", "r", "g", "b"])
-            for k, name in enumerate(class_names):
-                r, g, b = (int(v) for v in pal[k]) if k < len(pal) else (0, 0, 0)
-                w.writerow([k, name, r, g, b])
+        write_legend(out / "legend.csv", palette, class_names)
     if device is None:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")

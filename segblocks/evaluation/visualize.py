@@ -15,6 +15,7 @@ __all__ = [
     "to_numpy_image",
     "colorize",
     "decision_overlay",
+    "segmentation_overlay",
     "save_png",
     "save_decision_figure",
     "save_hr_histogram",
@@ -81,32 +82,80 @@ def decision_overlay(
         ``uint8 [H, W, 3]``; low-resolution blocks are slightly darkened.
     """
     img = to_numpy_image(image).astype(np.float32)
+    H, W = img.shape[:2]
+    g, bs = _grid_and_block(grid, H, W, block_size)
+    pix = np.repeat(np.repeat(g, bs, 0), bs, 1)[:H, :W]
+    out = img.copy()
+    out[pix] = (1 - alpha) * out[pix] + alpha * HR_TINT
+    out[~pix] *= 0.75
+    _outline_blocks(out, g, bs, outline, HR_TINT)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _grid_and_block(grid, H: int, W: int, block_size: int | None) -> tuple[np.ndarray, int]:
     g = _np(grid).astype(bool)
     if g.ndim == 3 and g.shape[0] == 1:
         g = g[0]
     if g.ndim != 2:
         raise ValueError(f"grid must be [GH, GW], got shape {g.shape}")
-    H, W = img.shape[:2]
     gh, gw = g.shape
-    bs = int(block_size) if block_size else max(-(-H // gh), -(-W // gw))
-    pix = np.repeat(np.repeat(g, bs, 0), bs, 1)[:H, :W]
-    out = img.copy()
-    out[pix] = (1 - alpha) * out[pix] + alpha * HR_TINT
-    out[~pix] *= 0.75
-    if outline > 0:
-        t = outline
-        for by in range(gh):
-            for bx in range(gw):
-                if not g[by, bx]:
-                    continue
-                y0, x0 = by * bs, bx * bs
-                y1, x1 = min(y0 + bs, H), min(x0 + bs, W)
-                if y0 >= H or x0 >= W:
-                    continue
-                out[y0 : min(y0 + t, y1), x0:x1] = HR_TINT
-                out[max(y1 - t, y0) : y1, x0:x1] = HR_TINT
-                out[y0:y1, x0 : min(x0 + t, x1)] = HR_TINT
-                out[y0:y1, max(x1 - t, x0) : x1] = HR_TINT
+    return g, int(block_size) if block_size else max(-(-H // gh), -(-W // gw))
+
+
+def _outline_blocks(out: np.ndarray, g: np.ndarray, bs: int, width: int, colour) -> None:
+    """Draw a ``width``-pixel outline in ``colour`` around the ``True`` blocks of ``g``
+    (side ``bs``) into ``out [H, W, 3]`` (in place; blocks past the image are clipped)."""
+    if width <= 0:
+        return
+    H, W = out.shape[:2]
+    t = width
+    for by, bx in zip(*np.nonzero(g), strict=True):
+        y0, x0 = int(by) * bs, int(bx) * bs
+        if y0 >= H or x0 >= W:
+            continue
+        y1, x1 = min(y0 + bs, H), min(x0 + bs, W)
+        out[y0 : min(y0 + t, y1), x0:x1] = colour
+        out[max(y1 - t, y0) : y1, x0:x1] = colour
+        out[y0:y1, x0 : min(x0 + t, x1)] = colour
+        out[y0:y1, max(x1 - t, x0) : x1] = colour
+
+
+def segmentation_overlay(
+    image,
+    pred,
+    palette,
+    grid=None,
+    alpha: float = 0.5,
+    outline: int = 2,
+    block_size: int | None = None,
+    outline_colour=(255, 255, 255),
+) -> np.ndarray:
+    """The predicted classes' colours blended over the image, high-resolution blocks outlined
+    (one frame of the overlay video of :func:`segblocks.evaluation.video.infer_stream`).
+
+    Args:
+        image: ``[3, H, W]`` / ``[H, W, 3]`` in [0, 1] (or uint8).
+        pred: class ids ``[H, W]`` (coloured with :func:`colorize`; unknown ids black).
+        palette: RGB triple per class.
+        grid: ``[GH, GW]`` bool, ``True`` = HR block, or ``None`` for no outlines (a dense
+            network).
+        alpha: weight of the class colours (0: the image only, 1: the colours only).
+        outline: width in pixels of the HR block outlines (0: none).
+        block_size: block side in pixels (as in :func:`decision_overlay`).
+        outline_colour: RGB of the outlines (white: stands out against every palette colour
+            blended with the image).
+
+    Returns:
+        ``uint8 [H, W, 3]``.
+    """
+    img = to_numpy_image(image).astype(np.float32)
+    seg = colorize(pred, palette).astype(np.float32)
+    if seg.shape != img.shape:
+        raise ValueError(f"pred {seg.shape[:2]} and image {img.shape[:2]} differ in size")
+    out = (1 - alpha) * img + alpha * seg
+    if grid is not None:
+        g, bs = _grid_and_block(grid, *img.shape[:2], block_size)
+        _outline_blocks(out, g, bs, outline, np.asarray(outline_colour, dtype=np.float32))
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
