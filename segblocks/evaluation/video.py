@@ -395,26 +395,37 @@ def _open_source(p: Path, report) -> tuple[_VideoSource | _FolderSource, object]
 
 
 class _MacCounter:
-    """GMACs of one forward, cached per padded size (and HR count: affine for SegBlocks)."""
+    """GMACs of one forward, cached per padded size (and HR count: affine for SegBlocks).
 
-    def __init__(self, model: nn.Module):
+    A block model with ``mac_cost`` (a ``SegBlocksModel``, an exported program) gives its
+    affine cost; a dense model is counted once per size with forward hooks; a model that
+    cannot be counted gives NaN (noted once)."""
+
+    def __init__(self, model: nn.Module, note):
         from segblocks.models.segblocks_model import SegBlocksModel
 
-        self.model = model
+        self.model, self.note = model, note
         self.seg = isinstance(model, SegBlocksModel)
         self.cache: dict[tuple[int, int], float] = {}
 
-    def __call__(self, hw: tuple[int, int], hr_blocks: int) -> float:
+    def __call__(self, hw: tuple[int, int], hr_blocks: int, dense: bool) -> float:
         m = self.model
-        if self.seg and not m.dense:
+        if not dense and hasattr(m, "mac_cost"):
             return m.mac_cost(*hw)(hr_blocks)
         if hw not in self.cache:
             from segblocks.measuring.macs import count_macs_dense, count_macs_segblocks
 
-            p = next(iter(m.parameters()))
-            x = torch.zeros(1, 3, *hw, device=p.device, dtype=p.dtype)
-            rep = count_macs_segblocks(m, x) if self.seg else count_macs_dense(m, x)
-            self.cache[hw] = rep.total / 1e9
+            p = next(iter(m.parameters()), None)
+            x = torch.zeros(1, 3, *hw, device=p.device if p is not None else "cpu")
+            if p is not None and p.is_floating_point():
+                x = x.to(p.dtype)
+            try:
+                rep = count_macs_segblocks(m, x) if self.seg else count_macs_dense(m, x)
+                g = rep.total / 1e9 if rep.total > 0 else math.nan
+            except Exception as e:  # noqa: BLE001 - a figure of the CSV, not of the run
+                self.note(f"GMACs not counted for {type(m).__name__}: {type(e).__name__}: {e}")
+                g = math.nan
+            self.cache[hw] = g
         return self.cache[hw]
 
 
@@ -498,9 +509,10 @@ def infer_stream(
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    seg_model = isinstance(model, SegBlocksModel)
-    dense = not seg_model or model.dense
-    macs = _MacCounter(model)
+    # a block model: a SegBlocksModel, or one like it (an exported program): a block size, and
+    # outputs with a grid; the dense policy and plain networks count as all HR
+    block_model = isinstance(model, SegBlocksModel) or hasattr(model, "block_size")
+    macs = _MacCounter(model, note)
     rate = Fraction(fps).limit_denominator(1001) if fps is not None else src.fps
     if rate is None:
         rate = Fraction(10)
@@ -552,19 +564,20 @@ def infer_stream(
                 y = model(xin) if budget is None else model(xin, budget=budget)
                 sync()
                 latency = 1000.0 * (time.perf_counter() - t0)
-                if seg_model:
-                    logits, grid = y.logits, y.grid[0].cpu()
-                    bs = model.block_size
-                else:
-                    logits = y if isinstance(y, Tensor) else y.logits
-                    grid, bs = None, None
-                pred = logits[0].argmax(0).cpu()
                 H, W = image.shape[-2:]
+                logits = y if isinstance(y, Tensor) else y.logits
+                pred = logits[0].argmax(0).cpu()
+                grid = getattr(y, "grid", None) if block_model else None
+                if grid is not None:
+                    grid, bs = grid[0].cpu(), model.block_size
+                    hw = (grid.shape[0] * bs, grid.shape[1] * bs)  # the padded size
+                else:
+                    bs, hw = None, (H, W)
+                dense = grid is None or bool(getattr(model, "dense", False))
                 # MACs depend on the padded size and the number of HR blocks only
-                hw = (grid.shape[0] * bs, grid.shape[1] * bs) if seg_model else (H, W)
                 k = 0 if dense else int(grid.sum())
                 hr = 100.0 if dense else 100.0 * float(grid.float().mean())
-                gm = macs(hw, k)
+                gm = macs(hw, k, dense)
             frame = segmentation_overlay(
                 image, pred, palette, None if dense else grid, alpha=alpha, block_size=bs
             )
