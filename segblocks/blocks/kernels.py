@@ -707,6 +707,41 @@ pad_plan_op = torch.ops.segblocks.pad_plan.default
 conv_taps_op = torch.ops.segblocks.conv_taps.default
 
 
+# convolution of a block batch, channels-last, for traced programs -----------------------------
+
+
+@torch.library.custom_op(
+    "segblocks::conv2d_channels_last",
+    mutates_args=(),
+    schema=(
+        "(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, "
+        "int groups) -> Tensor"
+    ),
+)
+def _conv2d_channels_last(x, weight, bias, stride, padding, dilation, groups):
+    """``F.conv2d`` with a channels-last output, whatever the batch size.
+
+    Why an op: exported programs run a conv on a batch of blocks whose size is the traced
+    HR / LR count. ATen picks the output layout from the input's strides, which for an unknown
+    batch size (possibly 0) the tracer cannot decide; it assumes NCHW, eager returns NHWC, and
+    AOTInductor then reads the result with the wrong strides. As an op the layout is stated.
+    """
+    y = torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return y.contiguous(memory_format=torch.channels_last)
+
+
+@_conv2d_channels_last.register_fake
+def _(x, weight, bias, stride, padding, dilation, groups):
+    n, _, h, w = x.shape
+    kh, kw = weight.shape[-2:]
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return x.new_empty(n, oh, ow, weight.shape[0]).permute(0, 3, 1, 2)
+
+
+conv2d_channels_last = torch.ops.segblocks.conv2d_channels_last.default
+
+
 # depthwise convolution through indirection tables ------------------------------------------
 
 

@@ -104,7 +104,9 @@ def pointwise_gemm(p: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     Returns ``[B, C_out, h, w]`` channels-last.
     """
     n, c, h, w = p.shape
-    y = F.linear(p.permute(0, 2, 3, 1).reshape(-1, c), weight.reshape(weight.shape[0], c), bias)
+    y = F.linear(
+        p.permute(0, 2, 3, 1).reshape(n * h * w, c), weight.reshape(weight.shape[0], c), bias
+    )
     return y.view(n, h, w, weight.shape[0]).permute(0, 3, 1, 2)
 
 
@@ -197,7 +199,7 @@ def _conv1x1(x: BlockTensor, weight: Tensor, bias, st: int, side: int, activatio
 
 def _im2col_index(x: BlockTensor, pads, level: int, k, stride, dilation, out_side):
     """Rows of a level's padded blocks (flattened ``[B*hp*wp, C]``) feeding each (output
-    pixel, tap), in (block, oy, ox, ky, kx) order: ``[B * out^2 * kh * kw]``."""
+    pixel, tap), in (block, oy, ox, ky, kx) order: ``[B * out^2, kh * kw]``."""
     g = x.grid
 
     def build():
@@ -210,9 +212,11 @@ def _im2col_index(x: BlockTensor, pads, level: int, k, stride, dilation, out_sid
         kx = torch.arange(k[1], device=dev) * dilation[1]
         rows = (o.view(-1, 1, 1, 1) + ky.view(1, 1, -1, 1)) * wp  # [oy, 1, ky, 1]
         cols = o.view(1, -1, 1, 1) + kx.view(1, 1, 1, -1)  # [1, ox, 1, kx]
-        loc = (rows + cols).reshape(-1)  # (oy, ox, ky, kx)
-        blk = torch.arange(g.count(level), device=dev).view(-1, 1) * (hp * wp)
-        return (blk + loc.view(1, -1)).reshape(-1)
+        loc = (rows + cols).reshape(1, out_side * out_side, k[0] * k[1])  # (oy, ox), (ky, kx)
+        count = g.count(level)
+        blk = torch.arange(count, device=dev).view(count, 1, 1) * (hp * wp)
+        # merge (block, pixel) only: Inductor cannot split a length that holds a traced count
+        return (blk + loc).reshape(count * out_side * out_side, k[0] * k[1])
 
     return g.cached(("im2col", x.side, pads, level, k, stride, dilation), build)
 
@@ -235,9 +239,15 @@ def _conv_im2col(x: BlockTensor, weight, bias, pads, value, st, dilation, levels
     for lv in levels:
         p = padded[lv]
         n, out = p.shape[0], side >> lv
-        flat = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])  # a view: parts are channels-last
+        # explicit sizes, no -1: Inductor cannot infer a -1 beside a traced block count
+        flat = p.permute(0, 2, 3, 1).reshape(n * p.shape[2] * p.shape[3], p.shape[1])
         idx = _im2col_index(x, pads, lv, kk, st, dil, out)
-        cols = flat.index_select(0, idx).view(-1, w2.shape[0])
+        if exporting():
+            # gather [pixels, taps, C] with the 2-D index, then merge the static dims: Inductor
+            # cannot split a traced length into (pixels, taps) and would fix the block count
+            cols = flat[idx].reshape(n * out * out, w2.shape[0])
+        else:
+            cols = flat.index_select(0, idx.view(-1)).view(n * out * out, w2.shape[0])
         y = torch.addmm(bias, cols, w2) if bias is not None else torch.mm(cols, w2)
         res[lv] = y.view(n, out, out, c_out).permute(0, 3, 1, 2)
     return res
@@ -323,7 +333,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
         parts = x.parts
         if st > 1:  # a strided 1x1 conv only reads every st-th pixel
             parts = [p[:, :, ::st, ::st] for p in parts]
-        out = [F.conv2d(p, weight, bias, 1, 0, 1, groups) for p in parts]
+        out = [_conv_level(p, weight, bias, 1, 0, 1, groups) for p in parts]
         count_conv(weight, groups, out)
         return _activate(x.derive(out, side, owned=True), activation)
     if _use_direct_depthwise(x, weight, groups):
@@ -356,10 +366,22 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
         )
         for lv, p in enumerate(inputs):
             if lv not in out:
-                out[lv] = crop(F.conv2d(p, weight, bias, st, 0, dilation, groups), side >> lv)
+                y = _conv_level(p, weight, bias, st, 0, dilation, groups)
+                out[lv] = crop(y, side >> lv)
     out = [out[lv] for lv in range(len(x.parts))]
     count_conv(weight, groups, out)
     return _activate(x.derive(out, side, owned=True), activation)
+
+
+def _conv_level(p: Tensor, weight, bias, stride, padding, dilation, groups) -> Tensor:
+    """``F.conv2d`` of one level's blocks ``p [B, C, h, w]``; while traced, through
+    ``segblocks::conv2d_channels_last`` (the layout of a conv over a traced number of blocks
+    must be stated, see that op)."""
+    if exporting():
+        return kernels.conv2d_channels_last(
+            p, weight, bias, list(pair(stride)), list(pair(padding)), list(pair(dilation)), groups
+        )
+    return F.conv2d(p, weight, bias, stride, padding, dilation, groups)
 
 
 def _activate(y: BlockTensor, activation) -> BlockTensor:
