@@ -20,6 +20,10 @@ Rows:
 - every model on the 480x360 frames, per dtype;
 - reference (``--no-compile`` skips, float32 only): the static 1.0x and 0.8x networks under
   ``torch.compile`` (the whole model, compiled on its first call, outside the timing);
+- deployed (``--no-export`` skips): SegBlocks tau 0.4 as a ``torch.export`` program and as an
+  AOTInductor package (``segblocks export --format pt2 | aoti``, exported / compiled here
+  before the timing, per dtype), loaded with ``segblocks.load_exported``; float32 frames in
+  (the programs' interface), computing in the row's dtype;
 - 768x960 (``--no-960`` skips): the same models on the frames upsampled bilinearly to 768x960
   (the paper's CamVid scale). The SegBlocks models run in 64-px blocks (a 12x15 grid again):
   the same network, and a copy of the policy with ``block_size=64`` (the learned policy's conv
@@ -33,7 +37,9 @@ median over all timed forwards. Ratios: SegBlocks median / static median, same d
 JSON (``--json PATH``): ``camvid_latency_ratio_tau04_vs_static_full``,
 ``camvid_latency_ratio_tau04_vs_static08``, ``camvid_latency_ratio_tau02_vs_static06`` (float32),
 the same with ``_bf16``, ``camvid960_latency_ratio_tau04_vs_static08`` (768x960, block 64,
-float32); ``None`` when not measured. Also the per-row medians (``medians_ms``), GMACs and HR %
+float32), ``camvid_latency_ratio_tau04_exported_vs_eager`` and
+``camvid_latency_ratio_tau04_aoti_vs_eager`` (deployed / eager tau 0.4, float32; ``_bf16``
+likewise); ``None`` when not measured. Also the per-row medians (``medians_ms``), GMACs and HR %
 (``rows``), the machine, the configuration and the command line.
 
 Usage::
@@ -88,6 +94,13 @@ RATIOS = {
     "camvid_latency_ratio_tau04_vs_static08": ("segblocks_tau04", "static_08"),
     "camvid_latency_ratio_tau02_vs_static06": ("segblocks_tau02", "static_06"),
 }
+#: deployed SegBlocks tau 0.4 / the eager model, per dtype (``_bf16``)
+RATIOS_DEPLOYED = {
+    "camvid_latency_ratio_tau04_exported_vs_eager": ("exported/segblocks_tau04", "segblocks_tau04"),
+    "camvid_latency_ratio_tau04_aoti_vs_eager": ("aoti/segblocks_tau04", "segblocks_tau04"),
+}
+#: the models that get deployed rows
+DEPLOYED = ("segblocks_tau04",)
 #: 768x960, block 64, float32 only
 RATIOS_960 = {
     "camvid960_latency_ratio_tau04_vs_static08": ("960/segblocks_tau04", "960/static_08"),
@@ -146,7 +159,7 @@ def headline(medians: dict) -> dict:
     measured). Rows: model names at 480x360, ``960/NAME`` at 768x960."""
     out = {}
     for d in DTYPES:
-        for key, (a, b) in RATIOS.items():
+        for key, (a, b) in (RATIOS | RATIOS_DEPLOYED).items():
             out[key + DTYPE_SUFFIX[d]] = ratio(medians, a, b, d)
     for key, (a, b) in RATIOS_960.items():
         out[key] = ratio(medians, a, b, "float32")
@@ -249,6 +262,7 @@ def build_rows(args, ckpts: dict, frames: list, dtypes: list[str], log, guard) -
     }
     rows: list[Row] = []
     compiled: list[Row] = []
+    rows_dep: list[Row] = []
     rows_960: list[Row] = []
     for name, path in ckpts.items():
         fast = guard(f"load/{name}", lambda p=path: load_fast(p, dtypes))
@@ -275,6 +289,10 @@ def build_rows(args, ckpts: dict, frames: list, dtypes: list[str], log, guard) -
                         m64.block_size,
                     )
                 )
+        if args.export and name in DEPLOYED:
+            rows_dep += deployed_rows(
+                name, labels[name], path, dtypes, frames, args.workdir, log, guard
+            )
         if args.compile and name in COMPILED:
             if "float32" not in dtypes:
                 log(f"torch.compile reference of {name}: skipped (float32 not selected)")
@@ -282,7 +300,34 @@ def build_rows(args, ckpts: dict, frames: list, dtypes: list[str], log, guard) -
             row = compile_row(name, labels[name], fast["float32"], cast[("480", "float32")], log)
             if row is not None:
                 compiled.append(row)
-    return rows + compiled + rows_960
+    return rows + rows_dep + compiled + rows_960
+
+
+def deployed_rows(name, label, path, dtypes, frames, workdir: Path, log, guard) -> list[Row]:
+    """Rows of ``name`` as an exported program and as an AOTInductor package, per dtype
+    (written to ``workdir``, loaded back as a user would)."""
+    from segblocks.deploy import load_exported, package_aoti, save_exported
+    from segblocks.training import load_segblocks
+
+    base = load_segblocks(path).float().eval()
+    rows = []
+    for kind, save in (("exported", save_exported), ("aoti", package_aoti)):
+        for d in dtypes:
+            out = workdir / f"{name}_{kind}_{SHORT[d]}.pt2"
+            t0 = time.perf_counter()
+            ok = guard(
+                f"{kind}/{name}/{d}",
+                lambda save=save, out=out, d=d: save(base, out, FRAME, dtype=DTYPES[d]),
+            )
+            if ok is None:
+                continue
+            log(f"{kind} {name} {d}: {time.perf_counter() - t0:.0f} s")
+            model = load_exported(out)
+            what = "torch.export program" if kind == "exported" else "AOTInductor package"
+            rows.append(
+                Row(f"{kind}/{name}", name, f"{label}, {what}", d, model, frames, FRAME, 32)
+            )
+    return rows
 
 
 def compile_row(name, label, model, frames, log) -> Row | None:
@@ -355,6 +400,18 @@ def parse_args(argv=None):
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="no compile rows")
     ap.add_argument("--no-960", dest="run_960", action="store_false", help="no 768x960 rows")
     ap.add_argument(
+        "--no-export",
+        dest="export",
+        action="store_false",
+        help="no rows of the exported program / AOTInductor package (exporting and compiling "
+        "take ~1-2 min per dtype)",
+    )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        help="where the exported artifacts are written (default: a temporary folder)",
+    )
+    ap.add_argument(
         "--quick",
         action="store_true",
         help="smoke test: 2 frames, 2 rounds, no compile, no 768x960 (--frames / --rounds "
@@ -378,7 +435,7 @@ def parse_args(argv=None):
     if args.rounds is None:
         args.rounds = 2 if args.quick else 12
     if args.quick:
-        args.compile = args.run_960 = False
+        args.compile = args.run_960 = args.export = False
     if args.frames < 1 or args.rounds < 1 or args.warmup < 0 or args.threads < 1:
         ap.error("--frames, --rounds and --threads must be >= 1, --warmup >= 0")
     if args.models:
@@ -391,11 +448,13 @@ def parse_args(argv=None):
 def print_table(p, rows: list[Row], info: dict, dtypes: list[str]) -> None:
     groups = (
         ("", "480x360 frames (padded to 480x384), block 32"),
+        ("exported/", "deployed: torch.export program (segblocks export --format pt2)"),
+        ("aoti/", "deployed: AOTInductor package (segblocks export --format aoti)"),
         ("compiled/", "reference: torch.compile, 480x360, float32"),
         ("960/", f"768x960 frames (bilinear upsampled), SegBlocks block {BLOCK_960}"),
     )
     p(
-        f"  {'model':36s} {'GMACs':>6s} {'HR %':>6s} "
+        f"  {'model':42s} {'GMACs':>6s} {'HR %':>6s} "
         + " ".join(f"{SHORT[d] + ' ms':>9s}" for d in dtypes)
     )
     for prefix, title in groups:
@@ -453,6 +512,16 @@ def main(argv=None) -> int:
     guard = Guard(log)
     machine = machine_info()
     log(f"building {len(ckpts)} models x {len(args.dtypes)} dtype(s) ...")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="segblocks_deploy_") as tmp:
+        if args.workdir is None:
+            args.workdir = Path(tmp)
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return _run(args, ckpts, missing, frames, guard, machine, data, log, p)
+
+
+def _run(args, ckpts, missing, frames, guard, machine, data, log, p) -> int:
     rows = build_rows(args, ckpts, frames, args.dtypes, log, guard)
     log(
         f"timing {len(rows)} rows x {len(frames)} frames: {args.warmup} warm-up + "
@@ -517,6 +586,7 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "quick": args.quick,
         "compile": args.compile,
+        "export": args.export,
         "form": "segblocks.models.inference.optimize_for_inference: eval, batch norm folded "
         "(network and learned policy), channels-last weights; a fresh copy per dtype",
     }
@@ -542,6 +612,9 @@ def main(argv=None) -> int:
     p()
     p("headline (SegBlocks median / static median, same run; columns: dtype):")
     print_headline(p, res, tuple(RATIOS), args.dtypes, width=44)
+    if args.export:
+        p("deployed (deployed median / eager median, same run; columns: dtype):")
+        print_headline(p, res, tuple(RATIOS_DEPLOYED), args.dtypes, width=44)
     for k in RATIOS_960:
         if res[k] is not None:
             p(f"  {k:44s} {res[k]:9.3f}  (float32)")

@@ -39,6 +39,10 @@ HEADLINE = [
     "camvid_latency_ratio_tau04_vs_static08_bf16",
     "camvid_latency_ratio_tau02_vs_static06_bf16",
     "camvid960_latency_ratio_tau04_vs_static08",
+    "camvid_latency_ratio_tau04_exported_vs_eager",
+    "camvid_latency_ratio_tau04_exported_vs_eager_bf16",
+    "camvid_latency_ratio_tau04_aoti_vs_eager",
+    "camvid_latency_ratio_tau04_aoti_vs_eager_bf16",
 ]
 
 
@@ -52,6 +56,8 @@ def test_headline_keys_and_ratios(cl):
         "960/static_08": {"float32": 400.0},
         "960/segblocks_tau04": {"float32": 300.0, "bfloat16": 100.0},
         "compiled/static_full": {"float32": 50.0},
+        "exported/segblocks_tau04": {"float32": 36.0},
+        "aoti/segblocks_tau04": {"float32": 27.0, "bfloat16": 24.0},
     }
     h = cl.headline(medians)
     assert sorted(h) == sorted(HEADLINE)
@@ -62,6 +68,10 @@ def test_headline_keys_and_ratios(cl):
     assert h["camvid_latency_ratio_tau04_vs_static08_bf16"] is None  # no bf16 static 0.8x
     assert h["camvid_latency_ratio_tau02_vs_static06_bf16"] is None  # no bf16 tau 0.2
     assert h["camvid960_latency_ratio_tau04_vs_static08"] == pytest.approx(0.75)
+    assert h["camvid_latency_ratio_tau04_exported_vs_eager"] == pytest.approx(0.8)
+    assert h["camvid_latency_ratio_tau04_exported_vs_eager_bf16"] is None
+    assert h["camvid_latency_ratio_tau04_aoti_vs_eager"] == pytest.approx(0.6)
+    assert h["camvid_latency_ratio_tau04_aoti_vs_eager_bf16"] == pytest.approx(0.8)
     assert all(v is None for v in cl.headline({}).values())
     ref = cl.reference_ratios(medians)
     assert ref["tau04_vs_static_full_compiled"] == pytest.approx(0.9)
