@@ -474,7 +474,7 @@ def print_table(p, rows: list[Row], info: dict, dtypes: list[str]) -> None:
             for d in dtypes:
                 ms = v["median_ms"].get(d)
                 cells.append(f"{ms:9.1f}" if ms is not None else f"{'-':>9s}")
-            p(f"  {v['label']:36s} {g} {hr} " + " ".join(cells))
+            p(f"  {v['label']:42s} {g} {hr} " + " ".join(cells))
 
 
 def main(argv=None) -> int:
