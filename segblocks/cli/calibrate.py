@@ -6,7 +6,9 @@ import argparse
 
 from .common import (
     add_dtype_argument,
+    add_engine_argument,
     add_model_arguments,
+    eager_reason,
     fail,
     load_model,
     model_id,
@@ -33,11 +35,17 @@ def add_parser(sub) -> None:
     p.add_argument("--runs", type=int, default=7, help="timed runs per count (default 7)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up runs (default 2)")
     p.add_argument("--out", required=True, help="JSON file to write")
+    add_engine_argument(p, "what is timed (infer on videos runs the same by default)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     import torch
+
+    def note(msg: str) -> None:
+        print(f"segblocks calibrate: note: {msg}", file=sys.stderr)
 
     from segblocks.measuring.calibrate import calibrate
 
@@ -49,6 +57,14 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args)
         if getattr(model, "dense", True):
             raise ValueError("calibration needs a block policy (not --policy dense)")
+        why_eager = eager_reason(args, model)
+        if why_eager is None:
+            from segblocks.deploy.cache import compiled_model
+
+            dtype = getattr(torch, args.dtype)
+            model = compiled_model(model, args.checkpoint, args.size, dtype=dtype, report=note)
+        elif args.engine == "auto" and args.checkpoint:
+            note(f"timing the eager model ({why_eager})")
         cal = calibrate(
             model,
             model_id(args),

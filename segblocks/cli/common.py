@@ -229,6 +229,53 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+ENGINES = ("auto", "eager", "compiled")
+
+
+def add_engine_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """``--engine``: the eager model or its AOTInductor package (compiled once, cached)."""
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help=f"{what}: 'compiled' runs the model's AOTInductor package (faster; compiled once "
+        "per checkpoint, size and machine, about a minute, cached in ~/.cache/segblocks or "
+        "$SEGBLOCKS_CACHE_DIR), 'eager' the Python model; 'auto' (default) compiles where it "
+        "can (a --checkpoint, CPU, the C++ kernels and a compiler) and says why not otherwise",
+    )
+
+
+def eager_reason(args: argparse.Namespace, model) -> str | None:
+    """Why ``--engine`` runs the eager model (``None``: it runs the compiled package).
+    ``--engine compiled`` that cannot be honoured raises ``ValueError`` with the reason."""
+    from segblocks.deploy.cache import compile_available
+    from segblocks.models.segblocks_model import SegBlocksModel
+
+    engine = getattr(args, "engine", "eager")
+    if engine == "eager":
+        return "--engine eager"
+    if exported_path(args) is not None:
+        return "the model is already an exported program"
+    if not args.checkpoint:
+        reason = "no --checkpoint (a registry model with untrained weights)"
+    elif not isinstance(model, SegBlocksModel):
+        reason = f"{type(model).__name__} is not a SegBlocks model"
+    elif args.device != "cpu":
+        reason = f"compiled packages run on the CPU, not --device {args.device}"
+    else:
+        reason = compile_available()
+    if reason is not None and engine == "compiled":
+        raise ValueError(f"--engine compiled is not possible here: {reason}; use --engine eager")
+    return reason
+
+
+def run_engine(args: argparse.Namespace, model) -> str:
+    """The ``engine`` a latency calibration for this run must have been measured with."""
+    if exported_path(args) is not None:
+        return model.kind
+    return "eager" if eager_reason(args, model) is not None else "aoti"
+
+
 def model_id(args: argparse.Namespace) -> str:
     """What a calibration file records as the model: the checkpoint file or registry name."""
     from pathlib import Path
@@ -238,10 +285,14 @@ def model_id(args: argparse.Namespace) -> str:
     return f"checkpoint:{Path(args.checkpoint).name}" if args.checkpoint else args.model
 
 
-def check_budget(args: argparse.Namespace, model, budgets=()) -> None:
+def check_budget(args: argparse.Namespace, model, budgets=(), engine: str | None = None) -> None:
     """Validate ``--budget`` (and ``budgets``) and attach ``--calibration`` to ``model``;
-    ``ValueError`` names the problem."""
+    ``ValueError`` names the problem. The calibration must have been measured with ``engine``
+    (default: what :func:`run_engine` picks for this run)."""
     import torch
+
+    if engine is None:
+        engine = run_engine(args, model)
 
     from segblocks.policies.budget import Budget
 
@@ -256,4 +307,5 @@ def check_budget(args: argparse.Namespace, model, budgets=()) -> None:
             block_size=getattr(model, "block_size", None),
             dtype=getattr(args, "dtype", "float32"),
             threads=torch.get_num_threads(),
+            engine=engine,
         )

@@ -8,12 +8,16 @@ import sys
 
 from .common import (
     add_budget_arguments,
+    add_engine_argument,
     add_model_arguments,
     check_budget,
+    eager_reason,
+    exported_path,
     fail,
     input_normalize,
     load_model,
     positive_int,
+    run_engine,
 )
 
 
@@ -42,6 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("out_dir", help="output folder")
     add_model_arguments(p)
     add_budget_arguments(p)
+    add_engine_argument(p, "videos and --stream folders")
     p.add_argument("--skip-bad", action="store_true", help="warn and skip unreadable images")
     p.add_argument(
         "--stream",
@@ -106,8 +111,21 @@ def run_stream(args: argparse.Namespace, note) -> int:
 
     try:
         model = load_model(args)
-        check_budget(args, model)
+        why_eager = eager_reason(args, model)
+        check_budget(args, model, engine=run_engine(args, model))
         palette, names, _ = model_palette(model)
+        prepare = None
+        if why_eager is None:
+
+            def prepare(size):
+                from segblocks.deploy.cache import compiled_model
+
+                compiled = compiled_model(model, args.checkpoint, size, report=note)
+                compiled.latency_calibration = model.latency_calibration
+                return compiled
+
+        elif args.engine == "auto" and args.checkpoint and exported_path(args) is None:
+            note(f"running the eager model ({why_eager})")
         summary = infer_stream(
             model,
             args.input,
@@ -122,6 +140,7 @@ def run_stream(args: argparse.Namespace, note) -> int:
             report=note,
             progress=args.progress,
             warmup=args.warmup,
+            prepare=prepare,
         )
     except (ValueError, FileNotFoundError) as e:
         return fail("infer", e)
@@ -145,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         model = load_model(args)
-        check_budget(args, model)
+        # still images run the eager model (a compile takes longer than most image sets)
+        check_budget(args, model, engine=getattr(model, "kind", "eager"))
         palette, names, what = model_palette(model)
         outs = infer(
             model,

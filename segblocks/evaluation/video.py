@@ -445,6 +445,7 @@ def infer_stream(
     progress: bool = True,
     alpha: float = 0.5,
     warmup: int = 1,
+    prepare: Callable[[tuple[int, int]], nn.Module] | None = None,
 ) -> StreamSummary:
     """Segment a video or a folder of numbered frames into one overlay video + ``frames.csv``.
 
@@ -472,6 +473,10 @@ def infer_stream(
         alpha: weight of the class colours in the overlay.
         warmup: untimed forwards of the first frame before its timed one (the first forward
             of a model pays for lazy initialisation: kernel builds, caches, MAC counts).
+        prepare: called once with the first frame's ``(H, W)`` before any forward; returns
+            the module that runs the frames in place of ``model`` (e.g. the compiled program
+            for that size, :func:`segblocks.deploy.cache.compiled_model`). ``model`` still
+            gives the block size and the MAC accounting.
 
     Returns:
         a :class:`StreamSummary` (per-frame latency, HR %, GMACs, budget excess; paths).
@@ -527,6 +532,7 @@ def infer_stream(
     total = src.total if max_frames is None else min(src.total or max_frames, max_frames)
     was_training = [(m, m.training) for m in model.modules()]
     model.eval()
+    run = model  # what runs the frames (see ``prepare``)
     t_start = time.perf_counter()
     bar = tqdm(total=total, desc="infer", unit="frame", disable=not progress, leave=False)
     try:
@@ -554,14 +560,16 @@ def infer_stream(
             x = image
             if normalize is not None:
                 x, _ = normalize(x, torch.zeros(image.shape[-2:], dtype=torch.long))
+            if summary is None and prepare is not None:
+                run = prepare(first_size)
             with torch.inference_mode():
                 xin = x.unsqueeze(0).to(device)
                 if summary is None:  # untimed runs: lazy initialisation, caches, kernels
                     for _ in range(warmup):
-                        model(xin) if budget is None else model(xin, budget=budget)
+                        run(xin) if budget is None else run(xin, budget=budget)
                 sync()
                 t0 = time.perf_counter()
-                y = model(xin) if budget is None else model(xin, budget=budget)
+                y = run(xin) if budget is None else run(xin, budget=budget)
                 sync()
                 latency = 1000.0 * (time.perf_counter() - t0)
                 H, W = image.shape[-2:]

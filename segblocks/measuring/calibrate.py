@@ -60,6 +60,9 @@ class LatencyCalibration:
     policy_ms: float = 0.0
     residual_ms: float = 0.0
     points: list = field(default_factory=list)
+    #: what ran: ``"eager"`` (the Python model), ``"aoti"`` (an AOTInductor package) or
+    #: ``"pt2"`` (an exported program); files without the field are eager calibrations
+    engine: str = "eager"
 
     def cost(self, hp: int, wp: int, block_size: int) -> AffineCost:
         """The :class:`AffineCost` in ms of a ``hp x wp`` (padded) image; raises if the image
@@ -91,6 +94,7 @@ class LatencyCalibration:
         dtype: str | None = None,
         threads: int | None = None,
         check_cpu: bool = True,
+        engine: str | None = None,
     ) -> LatencyCalibration:
         """Read ``path``; every given expectation must match the file (``ValueError`` naming
         the field, both values and the command that makes a fitting file)."""
@@ -112,13 +116,14 @@ class LatencyCalibration:
             "dtype": dtype,
             "threads": threads,
             "cpu": cpu_name() if check_cpu else None,
+            "engine": engine,
         }
         for key, value in want.items():
             if value is not None and getattr(cal, key) != value:
                 raise ValueError(
                     f"latency calibration {path} was measured with {key} {getattr(cal, key)!r}, "
                     f"this run uses {value!r}; calibrate for this setting (segblocks calibrate "
-                    "--model ... --size HxW --block-size B --dtype ... --threads N)"
+                    "--model ... --size HxW --block-size B --dtype ... --threads N --engine E)"
                 )
         return cal
 
@@ -235,4 +240,5 @@ def calibrate(
         policy_ms=policy_ms,
         residual_ms=residual,
         points=[[k, t] for k, t in med],
+        engine=model.kind if exported else "eager",
     )

@@ -128,3 +128,55 @@ def test_aoti_package_runs_in_a_fresh_process(ckpt, tmp_path, capsys):
         timeout=600,
     )
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+@needs_cpp
+@pytest.mark.skipif(shutil.which("g++") is None, reason="AOTInductor needs a C++ compiler")
+def test_video_runs_the_compiled_package_by_default(ckpt, tmp_path, monkeypatch, capsys):
+    """A stream with --checkpoint runs the AOTInductor package (compiled once, then cached);
+    same decisions as --engine eager; calibrate times the same package."""
+    av = pytest.importorskip("av")
+    import csv
+
+    monkeypatch.setenv("SEGBLOCKS_CACHE_DIR", str(tmp_path / "cache"))
+    video = tmp_path / "clip.mp4"
+    c = av.open(str(video), "w")
+    s = c.add_stream("mpeg4", rate=10)
+    s.width, s.height, s.pix_fmt = 128, 128, "yuv420p"
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        a = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+        for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+
+    def run(out, *extra):
+        argv = ["infer", str(video), str(tmp_path / out), "--checkpoint", str(ckpt)]
+        assert main([*argv, "--no-progress", *extra]) == 0
+        with open(tmp_path / out / "frames.csv") as f:
+            rows = list(csv.DictReader(f))
+        return rows, capsys.readouterr().err
+
+    compiled, err = run("a")
+    assert "compiling the model for 128x128" in err
+    assert len(list((tmp_path / "cache").glob("*.pt2"))) == 1
+    again, err = run("b")
+    assert "compiling" not in err  # from the cache
+    eager, _ = run("c", "--engine", "eager")
+    assert [r["hr_percent"] for r in compiled] == [r["hr_percent"] for r in eager]
+    assert [r["hr_percent"] for r in again] == [r["hr_percent"] for r in eager]
+    cal = tmp_path / "cal.json"
+    argv = ["calibrate", "--checkpoint", str(ckpt), "--size", "128x128", "--counts", "2"]
+    assert main([*argv, "--runs", "2", "--warmup", "1", "--out", str(cal)]) == 0
+    assert '"engine": "aoti"' in cal.read_text()
+    assert "compiling" not in capsys.readouterr().err  # the package infer compiled
+    # an eager calibration does not pass for the compiled run, with a message saying so
+    args = ["infer", str(video), str(tmp_path / "d"), "--checkpoint", str(ckpt)]
+    eager_cal = tmp_path / "eager.json"
+    argv = ["calibrate", "--checkpoint", str(ckpt), "--size", "128x128", "--counts", "2"]
+    assert main([*argv, "--runs", "2", "--engine", "eager", "--out", str(eager_cal)]) == 0
+    assert main([*args, "--budget", "30ms", "--calibration", str(eager_cal)]) == 2
+    assert "engine 'eager'" in capsys.readouterr().err
+    assert main([*args, "--budget", "30ms", "--calibration", str(cal), "--no-progress"]) == 0
