@@ -28,7 +28,13 @@ def add_parser(sub) -> None:
         ),
     )
     add_model_arguments(p)
-    p.add_argument("--size", type=parse_size, required=True, metavar="HxW", help="padded size")
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        required=True,
+        metavar="HxW",
+        help="image size (measured padded to whole blocks, as the model runs it)",
+    )
     add_dtype_argument(p)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--counts", type=int, default=6, help="HR counts measured (default 6)")

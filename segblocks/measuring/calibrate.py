@@ -169,13 +169,9 @@ def calibrate(
                 f"{model.size[0]}x{model.size[1]} images; calibrate at that size"
             )
         size = model.padded_size
-    H, W = size
     bs = model.block_size
-    if H % bs or W % bs:
-        raise ValueError(
-            f"calibration size {H}x{W} is not a multiple of block size {bs}; use the padded "
-            f"size ({-(-H // bs) * bs}x{-(-W // bs) * bs})"
-        )
+    # the model pads to whole blocks, so an image size is measured (and recorded) padded
+    H, W = (-(-s // bs) * bs for s in size)
     if counts < 2 or runs < 1 or warmup < 0:
         raise ValueError("calibrate needs counts >= 2, runs >= 1 and warmup >= 0")
     gh, gw = H // bs, W // bs
