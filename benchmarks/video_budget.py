@@ -3,15 +3,17 @@
 millisecond budget held by ``segblocks infer VIDEO OUT --budget Xms``.
 
 Setting: one committed CamVid checkpoint (``--model``, default ``segblocks_tau04``:
-SwiftNet-EffL1, learned policy, 32-px blocks) in the fast inference form ``segblocks infer``
-uses (:func:`segblocks.models.inference.optimize_for_inference`), float32, ``--threads``
+SwiftNet-EffL1, learned policy, 32-px blocks) run as ``segblocks infer`` runs a video by
+default: its AOTInductor package for the frame size (``--engine compiled``; compiled once and
+cached, :func:`segblocks.deploy.cache.compiled_model`), or with ``--engine eager`` the fast
+eager form (:func:`segblocks.models.inference.optimize_for_inference`); float32, ``--threads``
 intra-op threads (default 2), batch 1. Steps, in one run:
 
 1. the video: ``--video PATH``, or the first ``--frames`` (default 100) CamVid ``val`` frames
    in file-name order (consecutive frames of the recorded sequences, 480x360) encoded with
    PyAV (H.264 CRF 18, else MPEG-4) at 10 fps into ``--work-dir``;
-2. a latency calibration of the model at the padded frame size (384x480), as
-   ``segblocks calibrate`` makes it (``--counts`` HR counts, ``--runs`` timed runs each), or
+2. a latency calibration of what runs (the same engine) at the padded frame size (384x480),
+   as ``segblocks calibrate`` makes it (``--counts`` HR counts, ``--runs`` timed runs each), or
    ``--calibration FILE``;
 3. the budget: ``--position`` (default 0.5) of the way from the calibrated all-LR to the
    all-HR latency, or ``--budget-ms``;
@@ -94,6 +96,12 @@ def parse_args(argv=None):
     ap.add_argument("--budget-ms", type=float, help="the budget in ms (overrides --position)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     ap.add_argument("--quick", action="store_true", help="smoke test: a short calibration")
+    ap.add_argument(
+        "--engine",
+        choices=("compiled", "eager"),
+        default="compiled",
+        help="the AOTInductor package (default, as segblocks infer runs videos) or the eager model",
+    )
     ap.add_argument("--json", metavar="PATH", help="write all figures to this JSON file")
     ap.add_argument(
         "--malloc",
@@ -179,6 +187,13 @@ def main(argv=None) -> int:
         s = c.streams.video[0]
         H, W = s.height, s.width
     size = (-(-H // bs) * bs, -(-W // bs) * bs)
+    run = model
+    if args.engine == "compiled":
+        from segblocks.deploy.cache import compiled_model
+
+        run = compiled_model(
+            model, ckpt, (H, W), report=lambda m: print(f"note: {m}", file=sys.stderr)
+        )
     machine = machine_info()
     print_machine(p, machine)
     snap0 = cpu_snapshot()
@@ -189,7 +204,7 @@ def main(argv=None) -> int:
         )
     else:
         cal = calibrate(
-            model,
+            run,
             model_id,
             size,
             counts=args.counts,
@@ -198,7 +213,7 @@ def main(argv=None) -> int:
             progress=False,
         )
         cal.save(work / "calibration.json")
-    model.latency_calibration = cal
+    model.latency_calibration = run.latency_calibration = cal
     B = (size[0] // bs) * (size[1] // bs)
     lo, hi = cal.intercept_ms, cal.intercept_ms + cal.per_block_ms * B
     budget = args.budget_ms if args.budget_ms is not None else lo + args.position * (hi - lo)
@@ -219,6 +234,7 @@ def main(argv=None) -> int:
         budget=f"{budget}ms",
         report=lambda m: print(f"note: {m}", file=sys.stderr),
         progress=False,
+        prepare=lambda _size: run,
     )
     load = foreign_load(snap0, cpu_snapshot())
     machine["load_during_run"] = load
@@ -227,9 +243,10 @@ def main(argv=None) -> int:
     print_noise(p, load)
     p(
         "same as: segblocks calibrate --checkpoint "
-        f"{shlex.quote(str(ckpt))} --size {size[0]}x{size[1]} --block-size {bs} "
+        f"{shlex.quote(str(ckpt))} --size {H}x{W} --engine {args.engine} "
         f"--threads {args.threads} --out cal.json && segblocks infer {shlex.quote(str(video))} "
-        f"OUT --checkpoint {shlex.quote(str(ckpt))} --budget {budget:.1f}ms --calibration cal.json"
+        f"OUT --checkpoint {shlex.quote(str(ckpt))} --engine {args.engine} --budget "
+        f"{budget:.1f}ms --calibration cal.json"
     )
     res = {
         "video_frames_over_budget_share": summary.over_budget_share,
@@ -266,6 +283,7 @@ def main(argv=None) -> int:
             "warmup": args.warmup,
             "threads": args.threads,
             "quick": args.quick,
+            "engine": args.engine,
             "command": " ".join(shlex.quote(a) for a in sys.argv),
         },
     }

@@ -25,9 +25,11 @@ kernels); see :func:`segblocks.deploy.load_exported`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -201,6 +203,15 @@ def export_program(
         return torch.export.export(ExportProgram(m, dtype), (image, k, mask), strict=False)
 
 
+@contextlib.contextmanager
+def quiet_archive():
+    """Silence torch's "No complete tensor found in the group" warning of ``.pt2`` archives
+    (CPU weights that share storage, e.g. folded convs: harmless here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        yield
+
+
 def _check_out(path: Path) -> None:
     if path.exists() and path.is_dir():
         raise ExportError(f"output {path} is a folder; give a file name such as model.pt2")
@@ -223,7 +234,8 @@ def save_exported(
     _check_out(path)
     ep = export_program(model, size, batch=batch, dtype=dtype, optimize=optimize)
     meta = export_metadata(model, size, batch, dtype)
-    torch.export.save(ep, path, extra_files={METADATA_FILE: json.dumps(meta)})
+    with quiet_archive():
+        torch.export.save(ep, path, extra_files={METADATA_FILE: json.dumps(meta)})
     return path
 
 

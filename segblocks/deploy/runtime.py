@@ -20,7 +20,7 @@ from ..blocks import kernels  # noqa: F401  (registers the segblocks:: ops the g
 from ..errors import CheckpointError
 from ..models.segblocks_model import SegBlocksOutput
 from ..policies.budget import AffineCost, Budget, budget_count
-from .export import FORMAT, FORMAT_VERSION, METADATA_FILE, USE_MASK, USE_POLICY
+from .export import FORMAT, FORMAT_VERSION, METADATA_FILE, USE_MASK, USE_POLICY, quiet_archive
 
 __all__ = ["ExportedSegBlocks", "load_exported"]
 
@@ -195,7 +195,8 @@ def load_exported(path) -> ExportedSegBlocks:
         return ExportedSegBlocks(compiled, meta, "aoti", path)
     extra = {METADATA_FILE: ""}
     try:
-        ep = torch.export.load(path, extra_files=extra)
+        with quiet_archive():
+            ep = torch.export.load(path, extra_files=extra)
     except Exception as e:  # noqa: BLE001 - torch.export.load raises many kinds
         raise CheckpointError(f"{path} cannot be read as an exported program: {e}") from None
     meta = _check_metadata(json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else None, path)

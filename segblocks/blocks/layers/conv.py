@@ -118,10 +118,13 @@ def _linear(a: Tensor, weight: Tensor, bias, activation) -> Tensor:
     into the output first and the clamp is one more pass (2 threads, the CamVid network's GEMM
     shapes, shapes already compiled: 15 % less time in bfloat16, 5 % in float32). It is the op
     Inductor emits for linear layers on CPU; where it is missing or refuses the inputs,
-    ``F.linear`` + ``clamp_`` give the same values.
+    ``F.linear`` + ``clamp_`` give the same values. Traced (``torch.export``), ``F.linear``:
+    the exported program's serialiser cannot write ``_linear_pointwise``'s empty scalar list,
+    and Inductor picks its own GEMM for it anyway.
     """
     if (
-        _LINEAR_POINTWISE is not None
+        not exporting()
+        and _LINEAR_POINTWISE is not None
         and bias is not None
         and a.device.type == "cpu"
         and a.dtype in _POINTWISE_DTYPES
