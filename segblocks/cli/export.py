@@ -40,6 +40,11 @@ def add_parser(sub) -> None:
         type=parse_size,
         help="pt2 / aoti: input size HxW the program takes (e.g. 360x480); required",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite OUT even when it is not a segblocks checkpoint / export",
+    )
     p.add_argument("--batch", type=positive_int, default=1, help="pt2 / aoti: images per call")
     p.add_argument(
         "--dtype",
@@ -97,9 +102,42 @@ def _export_program(args, fmt: str) -> int:
     return 0
 
 
+def _is_segblocks_file(path) -> bool:
+    """An earlier export: a segblocks checkpoint, exported program or package."""
+    import zipfile
+
+    from segblocks.deploy.export import METADATA_FILE
+    from segblocks.errors import CheckpointError
+    from segblocks.models.checkpoint import load_checkpoint
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any(n.endswith(METADATA_FILE) or "/aotinductor/" in n for n in names):
+            return True
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def check_overwrite(path, force: bool) -> None:
+    """Refuse to replace an existing file that is not an earlier export (``--force`` does)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_file() and not force and not _is_segblocks_file(p):
+        raise ValueError(
+            f"{p} exists and is not a segblocks checkpoint or export; give another name or "
+            "pass --force to overwrite it"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     fmt = args.format or ("pt2" if str(args.out).endswith(".pt2") else "checkpoint")
     try:
+        check_overwrite(args.out, args.force)
         if fmt == "checkpoint":
             if args.size is not None:
                 raise ValueError("--size applies to --format pt2 / aoti, not to a checkpoint")

@@ -80,6 +80,16 @@ def test_export_errors(ckpt, tmp_path, capsys):
     assert "not both" in capsys.readouterr().err
     assert main([*args, "--policy", "all_hr"]) == 2
     assert "--policy cannot change an exported program" in capsys.readouterr().err
+    # an unrelated existing file is not overwritten without --force; an earlier export is
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    assert main(["export", str(ckpt), str(notes)]) == 2
+    assert "not a segblocks checkpoint or export" in capsys.readouterr().err
+    assert notes.read_text() == "keep me"
+    assert main(["export", str(ckpt), str(notes), "--force"]) == 0
+    assert main(["export", str(ckpt), str(notes)]) == 0  # now a checkpoint: replaced
+    assert main(["export", str(ckpt), str(out), "--size", "64x64"]) == 0  # an earlier .pt2
+    capsys.readouterr()
     big = _images(tmp_path / "big", n=1, h=80, w=64)
     assert main(["infer", str(big), str(tmp_path / "p2"), "--model", str(out)]) == 2
     assert "exported for images of shape [1, 3, 64, 64]" in capsys.readouterr().err
