@@ -52,6 +52,24 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _code_digest() -> str:
+    """A digest of the package's Python and C++ sources: a package compiled by other code
+    (an edited or upgraded segblocks) is not reused."""
+    global _CODE
+    if _CODE is None:
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256()
+        for f in sorted(root.rglob("*")):
+            if f.suffix in (".py", ".cpp") and f.is_file():
+                h.update(str(f.relative_to(root)).encode())
+                h.update(f.read_bytes())
+        _CODE = h.hexdigest()
+    return _CODE
+
+
+_CODE: str | None = None
+
+
 def cache_key(checkpoint, model, size, batch: int, dtype: torch.dtype) -> str:
     """A digest of everything the compiled package depends on."""
     import segblocks
@@ -67,6 +85,7 @@ def cache_key(checkpoint, model, size, batch: int, dtype: torch.dtype) -> str:
         "dtype": str(dtype),
         "torch": torch.__version__,
         "segblocks": segblocks.__version__,
+        "code": _code_digest(),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -124,6 +124,8 @@ class _VideoSource:
             self.container.close()
             raise InputError(f"{str(path)!r} has no video stream")
         self.stream = self.container.streams.video[0]
+        # decode in the calling thread: FFmpeg's decoder threads would run beside the model
+        self.stream.codec_context.thread_count = 1
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = Fraction(rate) if rate and rate > 0 else None
         self.total = int(self.stream.frames or 0) or None
@@ -212,8 +214,12 @@ class VideoWriter:
         self.stream = self.container.add_stream(self.codec, rate=fps)
         self.stream.width, self.stream.height = self.width, self.height
         self.stream.pix_fmt = "yuv420p"
+        # Encode in the calling thread, frame by frame: libx264's default frame threads and
+        # lookahead keep encoding in the background while the next frame's model runs, which
+        # on a 2-core machine made the model ~1.4x slower than calibrated.
+        self.stream.codec_context.thread_count = 1
         if self.codec == "libx264":
-            self.stream.options = {"crf": str(crf), "preset": "veryfast"}
+            self.stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
         else:  # MPEG-4 Part 2's default 200 kb/s blurs the outlines
             self.stream.bit_rate = max(1_000_000, int(self.width * self.height * float(fps) / 4))
         self.count = 0
@@ -429,6 +435,56 @@ class _MacCounter:
         return self.cache[hw]
 
 
+class LatencyGovernor:
+    """Holds a stream's frames to a budget in ms: the calibration's cost model, corrected by
+    what the frames of this stream actually take.
+
+    Why: the calibration (``segblocks calibrate``) times the model back to back on random
+    masks. In a stream it runs between decoding, drawing and encoding, with colder caches, and
+    a frame the calibration puts exactly at the budget then takes longer about half the time
+    (CamVid, 100 frames, budget halfway between all-LR and all-HR: 66 % of the frames over it
+    without correction). So each frame's model gets the budget divided by ``c``, the largest
+    ratio of measured to predicted latency over the last ``window`` frames: one slow frame
+    makes the following ones leave that margin, and a stream that runs faster than predicted
+    gets more HR blocks. Until ``window`` frames are measured the correction is at least
+    ``start`` (a 5 % headroom: the first frames of a stream still pay lazy set-up). The
+    reported excess is always against the user's budget.
+    """
+
+    def __init__(self, budget_ms: float, window: int = 48, start: float = 1.05):
+        self.budget_ms, self.window, self.start = float(budget_ms), window, start
+        self.ratios: list[float] = []
+
+    @property
+    def correction(self) -> float:
+        seen = max(self.ratios[-self.window :], default=self.start)
+        return seen if len(self.ratios) >= self.window else max(seen, self.start)
+
+    def budget(self):
+        """The budget to give the model for the next frame."""
+        from segblocks.policies.budget import Budget
+
+        return Budget(self.budget_ms / self.correction, "ms")
+
+    def update(self, latency_ms: float, predicted_ms: float) -> None:
+        if predicted_ms > 0 and math.isfinite(latency_ms):
+            self.ratios.append(latency_ms / predicted_ms)
+
+
+def _warm_every_count(run, x: Tensor, block_size: int) -> None:
+    """Run ``run`` once at every number of HR blocks of a frame ``x [1, 3, H, W]``.
+
+    Why, before a stream held to a budget in ms: oneDNN builds (JIT-compiles) a conv
+    primitive per input shape, and a block batch's shape is its HR / LR count, so the first
+    frame with a given count takes several ms longer (CamVid, compiled: spikes of 5-7 ms on
+    a ~35 ms frame). One forward per count (``cells + 1`` forwards) moves that cost here."""
+    H, W = x.shape[-2:]
+    gh, gw = -(-H // block_size), -(-W // block_size)
+    cells = torch.arange(gh * gw, device=x.device)
+    for k in range(gh * gw + 1):
+        run(x, mask=(cells < k).view(1, gh, gw))
+
+
 def infer_stream(
     model: nn.Module,
     source,
@@ -466,7 +522,9 @@ def infer_stream(
         device: where to run (default: the model's device).
         budget: per-frame budget of a SegBlocksModel (``0.4``, ``"2.1gmacs"``, ``"35ms"``
             with ``model.latency_calibration`` set; see :mod:`segblocks.policies.budget`),
-            passed to every forward as ``model(x, budget=budget)``.
+            passed to every forward as ``model(x, budget=budget)``; a budget in ms is held
+            by a :class:`LatencyGovernor` (the calibration corrected by the frames' measured
+            latency).
         report: called with notes (skipped frames, resized frames, ...); default
             ``warnings.warn``.
         progress: a tqdm progress bar (stderr) with the running frame rate.
@@ -533,6 +591,7 @@ def infer_stream(
     was_training = [(m, m.training) for m in model.modules()]
     model.eval()
     run = model  # what runs the frames (see ``prepare``)
+    governor = LatencyGovernor(budget.value) if budget is not None and budget.unit == "ms" else None
     t_start = time.perf_counter()
     bar = tqdm(total=total, desc="infer", unit="frame", disable=not progress, leave=False)
     try:
@@ -562,14 +621,23 @@ def infer_stream(
                 x, _ = normalize(x, torch.zeros(image.shape[-2:], dtype=torch.long))
             if summary is None and prepare is not None:
                 run = prepare(first_size)
+            frame_budget = budget if governor is None else governor.budget()
             with torch.inference_mode():
                 xin = x.unsqueeze(0).to(device)
                 if summary is None:  # untimed runs: lazy initialisation, caches, kernels
                     for _ in range(warmup):
-                        run(xin) if budget is None else run(xin, budget=budget)
+                        run(xin) if budget is None else run(xin, budget=frame_budget)
+                    if (
+                        governor is not None
+                        and block_model
+                        and warmup
+                        and not getattr(model, "dense", False)
+                    ):
+                        _warm_every_count(run, xin, model.block_size)
+                    t_start = time.perf_counter()  # end-to-end FPS: after the warm-up
                 sync()
                 t0 = time.perf_counter()
-                y = run(xin) if budget is None else run(xin, budget=budget)
+                y = run(xin) if budget is None else run(xin, budget=frame_budget)
                 sync()
                 latency = 1000.0 * (time.perf_counter() - t0)
                 H, W = image.shape[-2:]
@@ -586,6 +654,8 @@ def infer_stream(
                 k = 0 if dense else int(grid.sum())
                 hr = 100.0 if dense else 100.0 * float(grid.float().mean())
                 gm = macs(hw, k, dense)
+                if governor is not None:
+                    governor.update(latency, run.latency_cost(*hw)(k))
             frame = segmentation_overlay(
                 image, pred, palette, None if dense else grid, alpha=alpha, block_size=bs
             )
