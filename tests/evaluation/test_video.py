@@ -360,7 +360,8 @@ def test_millisecond_budget_summary(tmp_path, capsys):
     rows = read_csv(out / "frames.csv")
     over = [float(r["over_budget_ms"]) for r in rows]
     for r, o in zip(rows, over, strict=True):
-        assert float(r["hr_percent"]) == 50.0  # 2 of 4 blocks fit
+        # 2 of 4 blocks fit the calibration; the governor may leave margin (never more)
+        assert float(r["hr_percent"]) <= 50.0
         assert o == pytest.approx(float(r["latency_ms"]) - budget, abs=2e-3)
     k = sum(o > 0 for o in over)
     assert int(m.group(1)) == k and int(m.group(3)) == round(100 * k / 6)
@@ -375,3 +376,18 @@ def test_millisecond_budget_summary(tmp_path, capsys):
     assert main([*argv, "--no-progress", "--budget", f"{budget}ms"]) == 2
     one_line_error(capsys, "measured at 128x128", "segblocks calibrate --size 64x128")
     assert not (tmp_path / "o2").exists()
+
+
+def test_latency_governor_leaves_the_margin_the_frames_need():
+    from segblocks.evaluation.video import LatencyGovernor
+
+    g = LatencyGovernor(40.0, window=4, start=1.05)
+    assert g.budget().value == pytest.approx(40.0 / 1.05)  # headroom before any frame
+    for ratio in (1.2, 1.0, 1.0, 1.0):
+        g.update(ratio * 30.0, 30.0)
+    assert g.budget().value == pytest.approx(40.0 / 1.2)  # the slowest recent frame
+    for _ in range(4):
+        g.update(0.9 * 30.0, 30.0)
+    assert g.correction == pytest.approx(0.9)  # faster than calibrated: more blocks
+    g.update(float("nan"), 30.0)
+    assert g.correction == pytest.approx(0.9)
