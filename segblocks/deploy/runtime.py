@@ -139,7 +139,9 @@ class ExportedSegBlocks(nn.Module):
             k = USE_POLICY if budget is None else self.budget_count(budget)
             mask = torch.zeros(gshape, dtype=torch.bool)
         ks = torch.full((self.batch,), k, dtype=torch.long, device=image.device)
-        args = (image.float(), ks, mask.to(image.device, torch.bool))
+        # contiguous NCHW, as exported: a compiled package reads its inputs with the strides
+        # it was traced with (a channels-last frame, e.g. decoded video, would be garbage)
+        args = (image.float().contiguous(), ks, mask.to(image.device, torch.bool).contiguous())
         if not self.flush_denormal:
             logits, grid = self.program(*args)
         else:

@@ -106,7 +106,9 @@ def test_aoti_package_runs_in_a_fresh_process(ckpt, tmp_path, capsys):
     assert "aoti, 1x3x128x128" in capsys.readouterr().out
     prog = load_exported(pt2)
     x = torch.randn(1, 3, 128, 128)
-    torch.save({"x": x}, tmp_path / "x.pt")
+    # a channels-last image (a decoded video frame is one) gives the same result
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    torch.save({"x": x, "x_cl": x_cl}, tmp_path / "x.pt")
     want = {}
     for name, kw in (("policy", {}), ("all_lr", {"budget": 0.0}), ("all_hr", {"budget": 1.0})):
         with torch.no_grad():
@@ -123,6 +125,7 @@ def test_aoti_package_runs_in_a_fresh_process(ckpt, tmp_path, capsys):
         "want = torch.load(sys.argv[3])\n"
         "kws = {'policy': {}, 'all_lr': {'budget': 0.0}, 'all_hr': {'budget': 1.0},\n"
         "       'mixed': {'mask': want['mixed'][1]}}\n"
+        "assert torch.equal(m(torch.load(sys.argv[2])['x_cl']).logits, m(x).logits)\n"
         "for name, kw in kws.items():\n"
         "    out = m(x, **kw)\n"
         "    logits, grid = want[name]\n"
