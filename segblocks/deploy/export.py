@@ -212,11 +212,15 @@ def quiet_archive():
         yield
 
 
-def _check_out(path: Path) -> None:
+def _program_and_metadata(model, path, size, batch, dtype, optimize):
+    """``(path, program, metadata)`` after checking that ``path`` can be written."""
+    path = Path(path)
     if path.exists() and path.is_dir():
         raise ExportError(f"output {path} is a folder; give a file name such as model.pt2")
     if not path.parent.exists():
         raise ExportError(f"output folder {path.parent} does not exist; create it first")
+    ep = export_program(model, size, batch=batch, dtype=dtype, optimize=optimize)
+    return path, ep, export_metadata(model, size, batch, dtype)
 
 
 def save_exported(
@@ -230,10 +234,7 @@ def save_exported(
 ) -> Path:
     """Export ``model`` (:func:`export_program`) and save the program with its metadata to
     ``path`` (``torch.export.save``; load with :func:`segblocks.deploy.load_exported`)."""
-    path = Path(path)
-    _check_out(path)
-    ep = export_program(model, size, batch=batch, dtype=dtype, optimize=optimize)
-    meta = export_metadata(model, size, batch, dtype)
+    path, ep, meta = _program_and_metadata(model, path, size, batch, dtype, optimize)
     with quiet_archive():
         torch.export.save(ep, path, extra_files={METADATA_FILE: json.dumps(meta)})
     return path
@@ -258,10 +259,7 @@ def package_aoti(
     """
     from torch._inductor import aoti_compile_and_package
 
-    path = Path(path)
-    _check_out(path)
-    ep = export_program(model, size, batch=batch, dtype=dtype, optimize=optimize)
-    meta = export_metadata(model, size, batch, dtype)
+    path, ep, meta = _program_and_metadata(model, path, size, batch, dtype, optimize)
     configs = {
         # weights become constants, so their layout conversions are folded at compile time
         "freezing": True,

@@ -25,17 +25,7 @@ from segblocks.evaluation.video import infer_stream, list_frames, natural_key  #
 from segblocks.models import create_model  # noqa: E402
 from segblocks.models.segblocks_model import SegBlocksModel  # noqa: E402
 
-
-def one_line_error(capsys, *needles: str) -> str:
-    """The single ``segblocks CMD: ...`` line on stderr (no traceback), containing needles."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("segblocks ")]
-    assert len(lines) == 1, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
-
+from ..test_cli_errors import one_line_error  # noqa: E402
 
 H, W = 64, 96  # frames: padded to 64x128 by 64-px blocks (a 1x2 grid)
 BLOCKS = ["--block-size", "64", "--no-progress"]
