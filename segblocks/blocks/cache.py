@@ -121,8 +121,18 @@ class BufferPool:
         """A ``[rows, channels]`` buffer no one else references (contents undefined)."""
         need = rows * channels
         best = None
+        # A buffer made under torch.inference_mode is an inference tensor, which may not be
+        # written outside it (and vice versa the other way round is allowed, but keeps the
+        # pools apart): a model used under inference_mode, then under no_grad, must not be
+        # handed the first mode's buffers.
+        inference = torch.is_inference_mode_enabled()
         for b in self.buffers:
-            if b.dtype == dtype and b.device == device and b.numel() >= need:
+            if (
+                b.dtype == dtype
+                and b.device == device
+                and b.numel() >= need
+                and b.is_inference() == inference
+            ):
                 if (best is None or b.numel() < best.numel()) and _storage_users(b) <= 1:
                     best = b
         if best is None:

@@ -106,3 +106,30 @@ def test_gemm_weight_of_a_model_built_under_inference_mode(monkeypatch):
         for _ in range(2):
             y = block_combine(conv(block_sample(x, checkerboard(1, 4, 4), 4, profile=prof)))
     assert y.shape == (1, 4, 16, 16) and calls
+
+
+def test_inference_mode_then_no_grad():
+    """A model used under torch.inference_mode, then under torch.no_grad, must not write into
+    the pooled buffers of the first mode (inference tensors): issue 18."""
+    import warnings
+
+    from segblocks.models.segblocks_model import create_segblocks
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = create_segblocks(
+            "swiftnet_rn18",
+            "heuristic",
+            64,
+            num_classes=5,
+            pretrained_backbone=False,
+            policy_kwargs={"tau": 0.4},
+        ).eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.inference_mode():
+        a = m(x).logits
+    with torch.no_grad():
+        b = m(x).logits
+    with torch.inference_mode():
+        c = m(x).logits
+    assert torch.equal(a, b) and torch.equal(a, c)
