@@ -502,4 +502,7 @@ def test_bench_with_budgets(capsys):
     assert main([*base, "--budget=-2ms"]) == 2
     assert "must be a finite number >= 0" in capsys.readouterr().out
     assert main([*base, "--budget", "30ms"]) == 2
-    assert "needs a latency calibration" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # a CLI user is told the options, not only the Python attribute (issue 18)
+    assert "needs a latency calibration" in out
+    assert "segblocks calibrate" in out and "--calibration cal.json" in out

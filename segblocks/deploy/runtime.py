@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..blocks import kernels  # noqa: F401  (registers the segblocks:: ops the graphs call)
 from ..errors import CheckpointError
 from ..models.segblocks_model import SegBlocksOutput
-from ..policies.budget import AffineCost, Budget, budget_count
+from ..policies.budget import AffineCost, Budget, budget_count, no_calibration
 from .export import FORMAT, FORMAT_VERSION, METADATA_FILE, USE_MASK, USE_POLICY, quiet_archive
 
 __all__ = ["ExportedSegBlocks", "load_exported"]
@@ -89,11 +89,7 @@ class ExportedSegBlocks(nn.Module):
     def latency_cost(self, hp: int, wp: int) -> AffineCost:
         cal = self.latency_calibration
         if cal is None:
-            raise ValueError(
-                "a budget in ms needs a latency calibration of this model on this machine: "
-                "give --calibration FILE (made by segblocks calibrate), or set "
-                "model.latency_calibration, or give the budget in GMACs"
-            )
+            raise no_calibration()
         return cal.cost(hp, wp, self.block_size)
 
     def budget_count(self, budget) -> int:

@@ -32,7 +32,7 @@ from ..blocks.fallback import run_densely
 from ..blocks.tracing import exporting
 from ..errors import EXPORT_HINT, ExportError
 from ..policies import Dense, Policy, create_policy
-from ..policies.budget import AffineCost, Budget, budget_count, top_k_mask
+from ..policies.budget import AffineCost, Budget, budget_count, no_calibration, top_k_mask
 from .generic import missing_protocol
 from .registry import create_model
 
@@ -240,11 +240,7 @@ class SegBlocksModel(nn.Module):
         ``self.latency_calibration`` (``segblocks calibrate``)."""
         cal = self.latency_calibration
         if cal is None:
-            raise ValueError(
-                "a budget in ms needs a latency calibration of this model on this machine: run "
-                "segblocks calibrate ... and load it (model.latency_calibration = "
-                "LatencyCalibration.load(path, model, size)), or give the budget in GMACs"
-            )
+            raise no_calibration()
         return cal.cost(hp, wp, self.block_size)
 
     def budget_mask(self, x: Tensor, budget, grid_shape) -> tuple[Tensor, object]:

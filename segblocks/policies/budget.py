@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Budget", "AffineCost", "budget_count", "top_k_mask"]
+__all__ = ["Budget", "AffineCost", "budget_count", "no_calibration", "top_k_mask"]
 
 UNITS = ("fraction", "blocks", "gmacs", "ms")
 _SUFFIX = {"%": "percent", "blocks": "blocks", "block": "blocks", "gmacs": "gmacs", "ms": "ms"}
@@ -92,6 +92,16 @@ class AffineCost:
 
     def __call__(self, k: int) -> float:
         return self.base + self.per_block * k
+
+
+def no_calibration() -> ValueError:
+    """The error of a budget in ms without a latency calibration (CLI and Python users)."""
+    return ValueError(
+        "a budget in ms needs a latency calibration of this model on this machine: make one "
+        "with segblocks calibrate --checkpoint CKPT --size HxW --out cal.json and pass "
+        "--calibration cal.json (in Python: model.latency_calibration = "
+        "LatencyCalibration.load(path)), or give the budget in GMACs or as a fraction"
+    )
 
 
 def budget_count(budget: Budget, num_blocks: int, cost: AffineCost | None = None) -> int:
