@@ -19,6 +19,7 @@ inputs that would write the same output (``x.png`` and ``x.jpg``) raise
 from __future__ import annotations
 
 import csv
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -153,6 +154,15 @@ def _check_outputs(files: list[Path], out: Path) -> None:
                 )
 
 
+def _check_creatable(out: Path) -> None:
+    """Raise unless ``out`` exists as a writable folder or can be created (nothing is made)."""
+    p = out
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create output folder {out}: {p} is not a writable folder")
+
+
 def write_legend(path, palette, class_names) -> Path:
     """``legend.csv``: ``id,name,r,g,b`` per class (black past the palette's end)."""
     pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
@@ -227,12 +237,17 @@ def infer(
     if out.exists() and not out.is_dir():
         raise InputError(f"output folder {out} is a file; give a folder path")
     _check_outputs(files, out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create output folder {out}: {e.strerror or e}") from None
-    if class_names is not None:
-        write_legend(out / "legend.csv", palette, class_names)
+    _check_creatable(out)
+
+    def open_outputs() -> None:
+        # only once an image was segmented: a run that reads no image writes nothing
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create output folder {out}: {e.strerror or e}") from None
+        if class_names is not None:
+            write_legend(out / "legend.csv", palette, class_names)
+
     if device is None:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
@@ -265,6 +280,8 @@ def infer(
                 logits = y if isinstance(y, Tensor) else y.logits
                 grid, bs = torch.ones(1, 1, dtype=torch.bool), None
             pred = logits[0].argmax(0).cpu()
+            if not results:
+                open_outputs()
             seg_path = save_png(out / f"{f.stem}_seg.png", colorize(pred, palette))
             hr_path = save_png(
                 out / f"{f.stem}_hr.png", decision_overlay(image, grid, block_size=bs)

@@ -158,3 +158,21 @@ def test_palettes_per_dataset():
     pal, names, _ = palette_for("cityscapes", 20)  # another class count: generic, no names
     assert len(set(pal)) == 20 and names[19] == "class_19"
     assert (0, 0, 0) not in generic_palette(255) and len(set(generic_palette(255))) == 255
+
+
+def test_skip_bad_without_a_readable_image_writes_nothing(model, tmp_path, capsys):
+    """No readable image: no output folder, no legend.csv (issue 18)."""
+    from segblocks.cli import main
+
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "x.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="x.png"):
+        assert _run(model, d, out, skip_bad=True, class_names=["a"] * 9) == []
+    assert not out.exists()
+    assert main(["infer", str(d), str(out), "--skip-bad", "--block-size", "64"]) == 2
+    assert "nothing written" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="not a writable folder"):
+        _run(model, d, tmp_path / "bad" / "x.png" / "sub")
