@@ -99,7 +99,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="with --policy dense: resize the input by this factor (static reduced resolution)",
     )
     p.add_argument("--hr-fraction", type=float, default=0.4, help="tau for random/heuristic")
-    p.add_argument("--block-size", type=int, default=128, help="block side without checkpoint")
+    p.add_argument(
+        "--block-size",
+        type=int,
+        help="block side of a registry model (default 128); a checkpoint's model has its own",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     add_optimize_argument(p)
 
@@ -154,6 +158,11 @@ def load_model(args: argparse.Namespace, num_classes: int | None = None):
         from segblocks.training import load_segblocks
 
         model = load_segblocks(args.checkpoint)
+        if args.block_size is not None and args.block_size != model.block_size:
+            raise ValueError(
+                f"--block-size {args.block_size}: the checkpoint's model runs in blocks of "
+                f"{model.block_size} (its training config); drop --block-size"
+            )
         trained = {"dataset": model.dataset, "class_names": model.class_names}
         if args.policy:  # override the trained policy (e.g. dense for the static baseline)
             kw = _policy_kwargs(args, args.policy)
@@ -163,7 +172,8 @@ def load_model(args: argparse.Namespace, num_classes: int | None = None):
         return optimize_model(model.eval(), args)
     net = create_model(args.model, num_classes=args.num_classes or num_classes or 9)
     policy = args.policy or "all_hr"
-    model = SegBlocksModel(net, policy, args.block_size, **_policy_kwargs(args, policy))
+    block_size = 128 if args.block_size is None else args.block_size
+    model = SegBlocksModel(net, policy, block_size, **_policy_kwargs(args, policy))
     return optimize_model(model.eval(), args)
 
 
@@ -192,7 +202,7 @@ def load_exported_model(args: argparse.Namespace):
             ("--policy", args.policy is not None),
             ("--num-classes", args.num_classes is not None),
             ("--scale", getattr(args, "scale", None) is not None),
-            ("--block-size", args.block_size != 128),
+            ("--block-size", args.block_size is not None),
         )
         if set_
     ]

@@ -78,6 +78,10 @@ def test_export_errors(ckpt, tmp_path, capsys):
     args = ["infer", str(imgs), str(tmp_path / "p"), "--model", str(out)]
     assert main([*args, "--checkpoint", str(ckpt)]) == 2
     assert "not both" in capsys.readouterr().err
+    # --block-size with a checkpoint is refused, not ignored (issue 18)
+    eager = ["infer", str(imgs), str(tmp_path / "p0"), "--checkpoint", str(ckpt)]
+    assert main([*eager, "--block-size", "32"]) == 2
+    assert "the checkpoint's model runs in blocks of" in capsys.readouterr().err
     assert main([*args, "--policy", "all_hr"]) == 2
     assert "--policy cannot change an exported program" in capsys.readouterr().err
     # an unrelated existing file is not overwritten without --force; an earlier export is
