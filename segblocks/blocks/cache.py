@@ -17,6 +17,7 @@ Index plans of a mask live on its :class:`~segblocks.blocks.grid.BlockGrid` and 
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -116,9 +117,23 @@ class BufferPool:
     def __init__(self, max_buffers: int = 48):
         self.max_buffers = max_buffers
         self.buffers: list[Tensor] = []
+        # two threads running one model must not both take a buffer they each saw free
+        self._lock = threading.Lock()
+
+    # A copied or pickled pool starts empty (its buffers are scratch memory; a lock cannot be
+    # copied): copy.deepcopy(model) and torch.save(model) keep working.
+    def __getstate__(self) -> dict:
+        return {"max_buffers": self.max_buffers}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_buffers"])
 
     def get(self, rows: int, channels: int, dtype, device) -> Tensor:
         """A ``[rows, channels]`` buffer no one else references (contents undefined)."""
+        with self._lock:
+            return self._get(rows, channels, dtype, device)
+
+    def _get(self, rows: int, channels: int, dtype, device) -> Tensor:
         need = rows * channels
         best = None
         # A buffer made under torch.inference_mode is an inference tensor, which may not be
@@ -146,4 +161,5 @@ class BufferPool:
         return best[:need].view(rows, channels)
 
     def clear(self) -> None:
-        self.buffers.clear()
+        with self._lock:
+            self.buffers.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterable
 
 from torch import Tensor, nn
@@ -44,23 +45,39 @@ def run_densely(root: nn.Module, names: Iterable[str]):
     The modules themselves (weights, hooks, state-dict keys) stay as they are: only their
     ``forward`` is wrapped for the duration, so a network lists the layers that need the whole
     map (e.g. ``{"spp": "pyramid pooling to 8/4/2-row grids"}``) instead of being rewritten.
+    The wrapper only changes what a block tensor input does, so several threads may run the
+    same model at once: the first one in installs it, the last one out removes it.
     """
-    patched = []
-    try:
-        for name in names:
-            m = root.get_submodule(name)
-            if "forward" in m.__dict__:
+    names = list(names)
+    modules = [root.get_submodule(name) for name in names]
+    with _LOCK:
+        for name, m in zip(names, modules, strict=True):
+            if _USERS.get(id(m), 0) == 0 and "forward" in m.__dict__:
                 raise ValueError(f"submodule {name!r} already has its forward replaced")
-            orig = m.forward
-
-            def fwd(x, *args, _orig=orig, **kwargs):
-                if isinstance(x, BlockTensor):
-                    return dense_fallback(_orig, x, *args, **kwargs)
-                return _orig(x, *args, **kwargs)
-
-            m.forward = fwd
-            patched.append(m)
+        for m in modules:
+            if _USERS.get(id(m), 0) == 0:
+                m.forward = _dense_forward(m.forward)
+            _USERS[id(m)] = _USERS.get(id(m), 0) + 1
+    try:
         yield
     finally:
-        for m in patched:
-            del m.forward
+        with _LOCK:
+            for m in modules:
+                _USERS[id(m)] -= 1
+                if _USERS[id(m)] == 0:
+                    del _USERS[id(m)]
+                    del m.forward
+
+
+_LOCK = threading.Lock()
+#: threads inside :func:`run_densely` per wrapped module (``id``)
+_USERS: dict[int, int] = {}
+
+
+def _dense_forward(orig: Callable) -> Callable:
+    def fwd(x, *args, **kwargs):
+        if isinstance(x, BlockTensor):
+            return dense_fallback(orig, x, *args, **kwargs)
+        return orig(x, *args, **kwargs)
+
+    return fwd

@@ -133,3 +133,45 @@ def test_inference_mode_then_no_grad():
     with torch.inference_mode():
         c = m(x).logits
     assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_forward_from_several_threads():
+    """Two or more threads running one model (a server's workers): no 'forward replaced'
+    error from the dense fallback, and each result equals the single-threaded one (the
+    pooled buffers are handed out under a lock): issue 18."""
+    import threading
+    import warnings
+
+    from segblocks.models.segblocks_model import create_segblocks
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = create_segblocks(
+            "swiftnet_rn18",
+            "heuristic",
+            64,
+            num_classes=5,
+            pretrained_backbone=False,
+            policy_kwargs={"tau": 0.4},
+        ).eval()
+    xs = [torch.randn(1, 3, 128, 192) for _ in range(3)]
+    with torch.no_grad():
+        want = [m(x).logits for x in xs]
+    got, errors = {}, []
+
+    def work(i):
+        try:
+            with torch.no_grad():
+                for r in range(3):
+                    got[i, r] = m(xs[i]).logits
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert all(torch.equal(got[i, r], want[i]) for i in range(3) for r in range(3))
+    assert "forward" not in m.net.spp.__dict__  # the wrapper is gone after the last thread
