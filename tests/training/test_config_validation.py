@@ -32,6 +32,7 @@ def test_packaged_configs_by_name_and_path():
         "camvid/static_06",
         "camvid/static_08",
         "camvid/static_full",
+        "camvid/static_full_ft",
         "camvid_rn18",
         "cityscapes_rn18",
         "mapillary_effl1",
