@@ -95,7 +95,9 @@ class TrainConfig:
             initialise this run's network (the policy and optimizer start fresh); ``None``
             trains from the backbone's ImageNet weights.
         tau: target fraction of high-resolution blocks (hybrid loss); block_size: block side,
-            a multiple of 2 x the network's output stride.
+            a multiple of 2 x the network's output stride; pad_mode: how BlockPad fills the
+            halo of a low-res block from high-res neighbours (``avg``, paper default;
+            ``strided``; ``zero``: no neighbour information, paper Table 9).
     Data:
         dataset: one of ``procedural``, ``camvid``, ``cityscapes``, ``mapillary``.
         data_root: dataset folder (required by all but ``procedural``).
@@ -137,6 +139,7 @@ class TrainConfig:
     init_from: str | None = None
     tau: float = 0.4
     block_size: int = 128
+    pad_mode: str = "avg"
     # data
     dataset: str = "procedural"
     data_root: str | None = None
@@ -477,6 +480,7 @@ def _round_up(v: int, m: int) -> int:
 
 
 def _validate(cfg: TrainConfig) -> None:
+    from ..blocks.pad import PAD_MODES
     from ..models.registry import list_models
     from ..policies import POLICIES
 
@@ -500,6 +504,7 @@ def _validate(cfg: TrainConfig) -> None:
             "low-res blocks must keep whole pixels in the last stage)",
             f"e.g. block_size={_round_up(cfg.block_size, 2 * stride)}",
         )
+    _choice("pad_mode", cfg.pad_mode, PAD_MODES)
     _choice("policy", cfg.policy, sorted(POLICIES))
     _check_policy_kwargs(cfg)
     cfg.init_from = _text("init_from", cfg.init_from, none_ok=True)

@@ -121,7 +121,9 @@ def build_model(cfg: TrainConfig, num_classes: int) -> SegBlocksModel:
         mk["spp_bn_momentum"] = float(cfg.spp_bn_momentum)
     try:
         net = create_model(cfg.model, **mk)
-        return SegBlocksModel(net, cfg.policy, cfg.block_size, **_policy_kwargs(cfg))
+        return SegBlocksModel(
+            net, cfg.policy, cfg.block_size, pad_mode=cfg.pad_mode, **_policy_kwargs(cfg)
+        )
     except (ValueError, TypeError) as e:
         if isinstance(e, SegBlocksError):
             raise
@@ -177,6 +179,7 @@ def load_segblocks(path, map_location="cpu") -> SegBlocksModel:
             net,
             sb.get("policy", "all_hr"),
             sb.get("block_size", 128),
+            pad_mode=sb.get("pad_mode", "avg"),
             **(sb.get("policy_kwargs") or {}),
         )
     except (ValueError, TypeError) as e:
@@ -649,6 +652,7 @@ def _train(
                 "policy": cfg.policy,
                 "policy_kwargs": _policy_kwargs(cfg),
                 "block_size": cfg.block_size,
+                "pad_mode": cfg.pad_mode,
                 "dataset": cfg.dataset,
                 "classes": [str(c) for c in getattr(train_base, "classes", ()) or ()],
             },

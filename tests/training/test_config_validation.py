@@ -25,6 +25,12 @@ BASE = yaml.safe_load(packaged_config_path("procedural_tiny").read_text())
 
 def test_packaged_configs_by_name_and_path():
     assert packaged_configs() == [
+        "camvid/ablation_block128",
+        "camvid/ablation_block64",
+        "camvid/ablation_pad_strided",
+        "camvid/ablation_pad_zero",
+        "camvid/ablation_random_tau04",
+        "camvid/ablation_width64",
         "camvid/heuristic_tau02",
         "camvid/heuristic_tau04",
         "camvid/segblocks_tau02",

@@ -63,6 +63,12 @@ def test_static_baseline_all_hr(tmp_path):
     assert res["val"] is None
 
 
+def test_pad_mode_is_trained_and_restored(tmp_path):
+    """pad_mode (the BlockPad ablation) reaches the model and comes back from the checkpoint."""
+    train(tiny_config(tmp_path, "pad_mode=zero", "iters_per_epoch=1", "eval_at_end=false"))
+    assert load_segblocks(tmp_path / "last.pt").sample.pad_mode == "zero"
+
+
 def test_amp_one_step_on_cpu(tmp_path):
     """amp=true on the CPU trains under bfloat16 autocast (no GradScaler state saved)."""
     cfg = tiny_config(tmp_path, "amp=true", "iters_per_epoch=1", "device=cpu")
