@@ -87,13 +87,6 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def random_mask(gen: torch.Generator, gh: int, gw: int, n_hr: int) -> torch.Tensor:
-    """``[1, gh, gw]`` bool mask with exactly ``n_hr`` HR cells at random positions."""
-    flat = torch.zeros(gh * gw, dtype=torch.bool)
-    flat[torch.randperm(gh * gw, generator=gen)[:n_hr]] = True
-    return flat.view(1, gh, gw)
-
-
 RUN_DEFAULTS = {"runs": (5, 3), "warmup": (2, 1), "profile_runs": (2, 1)}  # (full, --quick)
 
 

@@ -55,7 +55,9 @@ import torch
 from torch import nn
 
 from segblocks.blocks import MarginProfile, block_combine, block_sample
+from segblocks.blocks.macs import macs_per_output_element
 from segblocks.blocks.stats import BlockStats
+from segblocks.policies.masks import random_mask
 
 try:
     from segblocks.blocks.fuse import fold_batchnorm
@@ -87,7 +89,6 @@ from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     print_headline,
     print_machine,
     print_noise,
-    random_mask,
     rel_err,
     resolve_run_arguments,
     selected_dtypes,
@@ -106,10 +107,7 @@ def dense_conv_macs(model: nn.Module, x: torch.Tensor) -> int:
     total = [0]
 
     def hook(mod, inp, out):
-        n, co, ho, wo = out.shape
-        total[0] += (
-            n * ho * wo * co * mod.weight.shape[1] * mod.weight.shape[2] * mod.weight.shape[3]
-        )
+        total[0] += out.numel() * macs_per_output_element(mod)
 
     hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
@@ -154,7 +152,7 @@ def bench_trunk(args, gen, log, dtypes, guard) -> dict:
     n_hr = {f: round(f * G) for f in fracs}
 
     def block_run(s, frac, mask=None):
-        mask = random_mask(gen, gh, gw, n_hr[frac]) if mask is None else mask
+        mask = random_mask(1, (gh, gw), n_hr[frac], generator=gen) if mask is None else mask
         # the timed region starts here: mask metadata, sample, trunk, combine
         t0 = time.perf_counter()
         xb = block_sample(s["x"], mask, bs, profile=s["prof"])
@@ -354,7 +352,7 @@ def bench_basicblock(args, gen, log, dtypes, guard) -> dict:
         return round(f * (H // b) * (W // b))
 
     def new_mask(b, f):
-        return random_mask(gen, H // b, W // b, n_hr(b, f))
+        return random_mask(1, (H // b, W // b), n_hr(b, f), generator=gen)
 
     def full_run(s, b, f):
         mask = new_mask(b, f)

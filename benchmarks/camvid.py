@@ -60,9 +60,9 @@ def checkpoint_path(root: Path, name: str) -> Path | None:
 
 
 def _load(path: Path, dtype: torch.dtype):
-    from segblocks.training import load_segblocks
+    from segblocks.models.segblocks_model import SegBlocksModel
 
-    return load_segblocks(path).to(dtype=dtype).eval()
+    return SegBlocksModel.from_checkpoint(path).to(dtype=dtype).eval()
 
 
 def accuracy(models: dict, val, norm) -> dict:

@@ -205,9 +205,9 @@ def load_fast(path: Path, dtypes: list[str]) -> dict:
     """``{dtype: fast model}`` of one checkpoint: loaded once, a fresh optimised copy per dtype
     (folding in float32, then cast)."""
     from segblocks.models.inference import optimize_for_inference
-    from segblocks.training import load_segblocks
+    from segblocks.models.segblocks_model import SegBlocksModel
 
-    base = load_segblocks(path).float().eval()
+    base = SegBlocksModel.from_checkpoint(path).float().eval()
     return {d: optimize_for_inference(base, dtype=DTYPES[d], example_size=PADDED) for d in dtypes}
 
 
@@ -307,9 +307,9 @@ def deployed_rows(name, label, path, dtypes, frames, workdir: Path, log, guard) 
     """Rows of ``name`` as an exported program and as an AOTInductor package, per dtype
     (written to ``workdir``, loaded back as a user would)."""
     from segblocks.deploy import load_exported, package_aoti, save_exported
-    from segblocks.training import load_segblocks
+    from segblocks.models.segblocks_model import SegBlocksModel
 
-    base = load_segblocks(path).float().eval()
+    base = SegBlocksModel.from_checkpoint(path).float().eval()
     rows = []
     for kind, save in (("exported", save_exported), ("aoti", package_aoti)):
         for d in dtypes:
@@ -504,9 +504,9 @@ def main(argv=None) -> int:
         return 2
 
     from segblocks.data.transforms import Normalize
-    from segblocks.training import load_segblocks
+    from segblocks.models.segblocks_model import SegBlocksModel
 
-    first = load_segblocks(next(iter(ckpts.values())))
+    first = SegBlocksModel.from_checkpoint(next(iter(ckpts.values())))
     norm = Normalize(first.net.input_mean, first.net.input_std)
     frames = read_frames(data, args.frames, norm)
     guard = Guard(log)

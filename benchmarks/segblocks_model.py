@@ -71,6 +71,7 @@ from segblocks.measuring.macs import count_macs_dense
 from segblocks.models import create_model
 from segblocks.models.segblocks_model import SegBlocksModel
 from segblocks.policies import FixedMask, LearnedPolicy, Policy, PolicyOutput
+from segblocks.policies.masks import random_mask
 
 SIZE = (1024, 2048)
 BLOCK = 128
@@ -107,7 +108,6 @@ from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     print_headline,
     print_machine,
     print_noise,
-    random_mask,
     rel_err,
     resolve_run_arguments,
     selected_dtypes,
@@ -233,7 +233,7 @@ def build(args, log, dtype: str) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     x = torch.randn(1, 3, H, W, generator=gen)
-    masks = {f: random_mask(gen, gh, gw, round(f * G)) for f in FRACS}
+    masks = {f: random_mask(1, (gh, gw), round(f * G), generator=gen) for f in FRACS}
     red = reduced_sizes(args.size)
     x_red = {hw: torch.randn(1, 3, *hw, generator=gen) for hw in red}
     cl = torch.channels_last
@@ -395,14 +395,32 @@ def profiled_run(model: SegBlocksModel, x, device) -> dict:
 
         return hook
 
-    # A dense module's hooks wrap its fallback (combine -> module -> re-split); for SwiftNet's
+    # The network calls a dense module through dense_call (combine -> module -> re-split):
+    # the module's own hooks bracket the module on the combined map, the combine before it is
+    # in "combine", and the re-split ends where the next module call starts (a global
+    # pre-hook, registered only from the dense module's end until that call). For SwiftNet's
     # SPP its first and last layers bracket the dense SPP itself.
     pol = model.policy
     hooks += [pol.register_forward_pre_hook(at("pol0")), pol.register_forward_hook(at("pol1"))]
     names = list(model.net.dense_modules)
     fb = model.net.get_submodule(names[0]) if names else None
+
+    def next_call(*_):
+        if "fb1" in t and "after" not in t:
+            at("after")()
+            nxt.remove()
+
+    nxt = None
+
+    def fb_end(*_):
+        nonlocal nxt
+        at("fb1")()
+        if nxt is None:
+            nxt = torch.nn.modules.module.register_module_forward_pre_hook(next_call)
+            hooks.append(nxt)
+
     if fb is not None:
-        hooks += [fb.register_forward_pre_hook(at("fb0")), fb.register_forward_hook(at("fb1"))]
+        hooks += [fb.register_forward_pre_hook(at("fb0")), fb.register_forward_hook(fb_end)]
     if hasattr(fb, "bottleneck") and hasattr(fb, "fuse"):
         hooks += [fb.bottleneck.register_forward_pre_hook(at("in0"))]
         hooks += [fb.fuse.register_forward_hook(at("in1"))]
@@ -425,8 +443,9 @@ def profiled_run(model: SegBlocksModel, x, device) -> dict:
         # part of "rest": the SPP's dense fallback re-splits its output into blocks (not timed
         # by BlockStats); the combine before the SPP is in "combine"
         "spp_dense": t["in1"] - t["in0"] if "in1" in t else None,
-        "spp_resplit": t["fb1"] - t["in1"] if "in1" in t else None,
-        "dense_fallback": t["fb1"] - t["fb0"] if "fb1" in t else 0.0,
+        "spp_resplit": t["after"] - t["in1"] if "in1" in t and "after" in t else None,
+        # the dense module and the re-split of its output (its input's combine not included)
+        "dense_fallback": t["after"] - t["fb0"] if "after" in t else 0.0,
     }
     res["rest"] = total - sum(res[k] for k in MODULES)
     return res
@@ -708,7 +727,7 @@ def print_model(key: str, r: dict, mem: dict | None, out) -> None:
             )
         )
     elif profiled:
-        p("rest of the SegBlocks rows: of which dense-fallback modules, combine to re-split (ms):")
+        p("rest of the SegBlocks rows: of which dense-fallback modules and re-split (ms):")
         p(
             "  "
             + "; ".join(

@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     from segblocks.evaluation.video import infer_stream
     from segblocks.measuring.calibrate import LatencyCalibration, calibrate
     from segblocks.models.inference import optimize_for_inference
-    from segblocks.training import load_segblocks
+    from segblocks.models.segblocks_model import SegBlocksModel
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="video_budget_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
         video, n = make_video(data, args.frames, work / "camvid_val.mp4")
         p(f"video     : {video} ({n} CamVid val frames, {FPS} fps)")
 
-    model = optimize_for_inference(load_segblocks(ckpt).eval(), inplace=True)
+    model = optimize_for_inference(SegBlocksModel.from_checkpoint(ckpt).eval(), inplace=True)
     bs = model.block_size
     with av.open(str(video)) as c:
         s = c.streams.video[0]

@@ -11,8 +11,14 @@ import os
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
 
 from .blocks import BlockGrid, BlockTensor, block_combine, block_pad, block_sample
+from .measuring.macs import MacCostModel
+from .policies.budget import register_cost_model
+from .version import __version__ as __version__
 
-__version__ = "0.1.0"
+# Budgets in GMACs are converted with the exact MAC count of the model; the counter lives in
+# measuring/ (above models/), so it is handed to the models here rather than imported by them.
+register_cost_model("gmacs", MacCostModel)
+
 __all__ = [
     "BlockGrid",
     "BlockTensor",

@@ -102,7 +102,7 @@ def run_demo(
     )
     from segblocks.models.inference import optimize_for_inference
     from segblocks.models.segblocks_model import SegBlocksModel
-    from segblocks.training import load_config, load_segblocks, train
+    from segblocks.training import load_config, train
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,8 +117,8 @@ def run_demo(
 
     cfg = runs["segblocks"][1]
     val = ProceduralStreets(val_images, *val_size, seed=seed, split="val")
-    static = load_segblocks(runs["static"][0]["checkpoint"])
-    seg = load_segblocks(runs["segblocks"][0]["checkpoint"])
+    static = SegBlocksModel.from_checkpoint(runs["static"][0]["checkpoint"])
+    seg = SegBlocksModel.from_checkpoint(runs["segblocks"][0]["checkpoint"])
     net = static.net.eval()
     norm = Normalize(net.input_mean, net.input_std)
     bs = cfg.block_size
@@ -248,7 +248,7 @@ def run_engine_demo(
     from segblocks.blocks import MarginProfile, block_combine, block_sample
     from segblocks.blocks.stats import BlockStats
     from segblocks.measuring import count_macs_dense
-    from segblocks.measuring.bench import random_mask
+    from segblocks.policies.masks import random_mask
 
     try:
         from segblocks.blocks.fuse import fold_batchnorm
@@ -319,7 +319,7 @@ def run_engine_demo(
             return time.perf_counter() - t0
 
         def block_run(n_hr):
-            mask = random_mask(gen, gh, gw, n_hr)
+            mask = random_mask(1, (gh, gw), n_hr, generator=gen)
             t0 = time.perf_counter()
             block_combine(model(block_sample(x, mask, bs, profile=prof))[-1])
             return time.perf_counter() - t0

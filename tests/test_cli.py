@@ -52,7 +52,7 @@ def test_inference_commands_use_the_fast_form_unless_no_optimize():
     import torch
 
     from segblocks.cli import build_parser
-    from segblocks.cli.common import load_model
+    from segblocks.cli.common import model_from_args
 
     ap = build_parser()
     for cmd in ("eval", "infer", "calibrate", "bench"):
@@ -63,9 +63,9 @@ def test_inference_commands_use_the_fast_form_unless_no_optimize():
     for policy in ("learned", "dense", "heuristic"):
         argv = ["eval", "--num-classes", "3", "--policy", policy, "--block-size", "64"]
         torch.manual_seed(0)
-        slow = load_model(ap.parse_args([*argv, "--no-optimize"]))
+        slow = model_from_args(ap.parse_args([*argv, "--no-optimize"]))
         torch.manual_seed(0)
-        fast = load_model(ap.parse_args(argv))
+        fast = model_from_args(ap.parse_args(argv))
         assert _n_bn(fast) < _n_bn(slow) and not fast.training
         if policy == "learned":
             assert _n_bn(fast.policy) == 0 < _n_bn(slow.policy)

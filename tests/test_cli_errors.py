@@ -418,7 +418,7 @@ def test_eval_fresh_model_takes_the_datasets_classes(tmp_path, capsys):
 
 
 def test_export_half_precision_rebuilds_the_model(run_dir, tmp_path, images, capsys):
-    from segblocks.training import load_segblocks
+    from segblocks.models.segblocks_model import SegBlocksModel
 
     out = tmp_path / "exp" / "model.pt"
     assert main(["export", str(run_dir / "last.pt"), str(out)]) == 0
@@ -427,7 +427,10 @@ def test_export_half_precision_rebuilds_the_model(run_dir, tmp_path, images, cap
     assert "optimizer" not in ck and "rng_states" not in ck
     floats = [v for v in ck["state_dict"].values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.float16 for v in floats)
-    full, half = load_segblocks(run_dir / "last.pt"), load_segblocks(out)
+    full, half = (
+        SegBlocksModel.from_checkpoint(run_dir / "last.pt"),
+        SegBlocksModel.from_checkpoint(out),
+    )
     assert half.policy.name == full.policy.name and half.block_size == full.block_size
     assert next(half.net.parameters()).dtype == torch.float32
     x = torch.randn(1, 3, 128, 128)

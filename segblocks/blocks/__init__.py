@@ -21,7 +21,7 @@ from . import layers  # noqa: F401  (registers the layer handlers)
 from .cache import clear_caches
 from .combine import block_combine
 from .dispatch import UnsupportedBlockOp, register_block_op
-from .fallback import dense_fallback
+from .fallback import dense_call, dense_fallback
 from .grid import BlockGrid
 from .modules import BlockCombine, BlockPad, BlockSample, DenseFallback
 from .pad import PAD_MODES, block_pad, pad_plan
@@ -39,6 +39,7 @@ __all__ = [
     "block_sample",
     "block_pad",
     "block_combine",
+    "dense_call",
     "dense_fallback",
     "pad_plan",
     "BlockSample",

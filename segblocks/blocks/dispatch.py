@@ -25,8 +25,9 @@ Handler rules:
 4. In-place variants rebind the block tensor (``x.assign(y)``); they may write into ``x``'s
    storage only when ``x.owned`` and autograd is not recording.
 5. Ops that need neighbours pad with :func:`segblocks.blocks.pad.padded_parts` and run with
-   padding 0; ops that need the whole image raise :class:`UnsupportedBlockOp` (users wrap
-   them in ``DenseFallback``).
+   padding 0; ops that need the whole image raise :class:`UnsupportedBlockOp` (users call
+   the layer through ``segblocks.blocks.fallback.dense_call`` or wrap it in
+   ``DenseFallback``).
 """
 
 from __future__ import annotations
@@ -90,9 +91,9 @@ def dispatch(func: Callable, args: tuple, kwargs: dict):
     if handler is None:
         raise UnsupportedBlockOp(
             f"'{_name(func)}' has no block implementation; run the layer that calls it on the "
-            "dense map with segblocks.blocks.DenseFallback(layer) (or dense_fallback(fn, x)), "
-            "combine the blocks first with block_combine(x), or register one with "
-            "segblocks.blocks.register_block_op"
+            "dense map with segblocks.blocks.fallback.dense_call(layer, x) (or wrap it: "
+            "segblocks.blocks.DenseFallback(layer)), combine the blocks first with "
+            "block_combine(x), or register one with segblocks.blocks.register_block_op"
         )
     return handler(*args, **kwargs)
 
@@ -103,7 +104,8 @@ def method(x, name: str):
     handler = _HANDLERS.get(func) if func is not None else None
     if handler is None:
         raise AttributeError(
-            f"BlockTensor has no method '{name}' with a block implementation; use "
-            "segblocks.blocks.DenseFallback for layers that need the dense map"
+            f"BlockTensor has no method '{name}' with a block implementation; call layers "
+            "that need the dense map through segblocks.blocks.fallback.dense_call (or wrap "
+            "them in segblocks.blocks.DenseFallback)"
         )
     return lambda *a, **k: handler(x, *a, **k)

@@ -1,18 +1,21 @@
-"""Dense fallback: run a layer that needs the whole map on the combined map, then re-split."""
+"""Dense fallback: run a layer that needs the whole map on the combined map, then re-split.
+
+:func:`dense_call` is how a network calls such a layer (it passes dense inputs straight
+through); :func:`dense_fallback` is the combine -> layer -> re-split itself, and
+:class:`~segblocks.blocks.DenseFallback` the same as an ``nn.Module`` wrapper.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .combine import block_combine
 from .sample import check_dense, split_dense
 from .tensor import BlockTensor
 
-__all__ = ["dense_fallback", "run_densely"]
+__all__ = ["dense_call", "dense_fallback"]
 
 
 def dense_fallback(fn: Callable[..., Tensor], x: BlockTensor, *args, **kwargs) -> BlockTensor:
@@ -37,47 +40,17 @@ def dense_fallback(fn: Callable[..., Tensor], x: BlockTensor, *args, **kwargs) -
     return split_dense(y, g, side, pad_mode=x.pad_mode, trace=x.trace)
 
 
-@contextlib.contextmanager
-def run_densely(root: nn.Module, names: Iterable[str]):
-    """Within the ``with`` block, the submodules ``names`` of ``root`` run through
-    :func:`dense_fallback` when they receive a block tensor (dense inputs are unchanged).
+def dense_call(module: Callable[..., Tensor], x, *args, **kwargs):
+    """``module(x, *args, **kwargs)``, run on the dense map when ``x`` is a block tensor.
 
-    The modules themselves (weights, hooks, state-dict keys) stay as they are: only their
-    ``forward`` is wrapped for the duration, so a network lists the layers that need the whole
-    map (e.g. ``{"spp": "pyramid pooling to 8/4/2-row grids"}``) instead of being rewritten.
-    The wrapper only changes what a block tensor input does, so several threads may run the
-    same model at once: the first one in installs it, the last one out removes it.
+    The explicit call path of layers that need the whole map (SwiftNet's SPP, DeepLabV3's
+    ASPP): a network's forward calls such a layer as ``dense_call(self.spp, x)`` instead of
+    ``self.spp(x)``. With a :class:`BlockTensor` ``x`` it is :func:`dense_fallback` (combine
+    -> ``module`` -> split back on ``x``'s grid with its pad mode); with anything else it is
+    the plain call, so the same forward runs the dense network unchanged. Nothing is stored
+    or replaced: the module (weights, hooks, state-dict keys) is untouched, its hooks see the
+    dense map, and any number of threads may run the network at once.
     """
-    names = list(names)
-    modules = [root.get_submodule(name) for name in names]
-    with _LOCK:
-        for name, m in zip(names, modules, strict=True):
-            if _USERS.get(id(m), 0) == 0 and "forward" in m.__dict__:
-                raise ValueError(f"submodule {name!r} already has its forward replaced")
-        for m in modules:
-            if _USERS.get(id(m), 0) == 0:
-                m.forward = _dense_forward(m.forward)
-            _USERS[id(m)] = _USERS.get(id(m), 0) + 1
-    try:
-        yield
-    finally:
-        with _LOCK:
-            for m in modules:
-                _USERS[id(m)] -= 1
-                if _USERS[id(m)] == 0:
-                    del _USERS[id(m)]
-                    del m.forward
-
-
-_LOCK = threading.Lock()
-#: threads inside :func:`run_densely` per wrapped module (``id``)
-_USERS: dict[int, int] = {}
-
-
-def _dense_forward(orig: Callable) -> Callable:
-    def fwd(x, *args, **kwargs):
-        if isinstance(x, BlockTensor):
-            return dense_fallback(orig, x, *args, **kwargs)
-        return orig(x, *args, **kwargs)
-
-    return fwd
+    if isinstance(x, BlockTensor):
+        return dense_fallback(module, x, *args, **kwargs)
+    return module(x, *args, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .combine import block_combine
-from .fallback import dense_fallback
+from .fallback import dense_call
 from .pad import block_pad
 from .sample import block_sample
 from .tensor import BlockTensor, MarginProfile
@@ -58,8 +58,11 @@ class BlockCombine(nn.Module):
 class DenseFallback(nn.Module):
     """Run ``module`` on the dense map: combine -> module -> re-sample with the same grid.
 
-    For layers that need the whole map (global pooling, SPP). Dense inputs pass straight
-    through, so a wrapped network still runs densely.
+    For layers that need the whole map (global pooling, SPP), as a module: ``forward`` is
+    :func:`~segblocks.blocks.fallback.dense_call` of ``module``, so dense inputs pass straight
+    through and a wrapped network still runs densely. Wrapping adds ``module.`` to the
+    wrapped layer's state-dict keys; the networks of :mod:`segblocks.models` do not wrap, they
+    call their dense layers through ``dense_call`` directly.
     """
 
     def __init__(self, module: nn.Module):
@@ -67,6 +70,4 @@ class DenseFallback(nn.Module):
         self.module = module
 
     def forward(self, x, *args, **kwargs):
-        if isinstance(x, BlockTensor):
-            return dense_fallback(self.module, x, *args, **kwargs)
-        return self.module(x, *args, **kwargs)
+        return dense_call(self.module, x, *args, **kwargs)

@@ -23,6 +23,8 @@ from collections import defaultdict
 
 import torch
 
+from .macs import macs_per_output_element
+
 __all__ = ["BlockStats", "active"]
 
 _ACTIVE: list[BlockStats] = []
@@ -94,6 +96,6 @@ def count_conv(weight: torch.Tensor, groups: int, outputs) -> None:
     if st is None:
         return
     outputs = getattr(outputs, "parts", outputs)
-    per_px = weight.shape[0] * weight.shape[1] * weight.shape[2] * weight.shape[3]
+    per_px = weight.shape[0] * macs_per_output_element(weight)  # C_out * C_in/groups * kh * kw
     for key, out in zip(("hr", "lr"), outputs, strict=True):
         st.macs[key] += out.shape[0] * out.shape[2] * out.shape[3] * per_px

@@ -10,7 +10,7 @@ from .common import (
     add_model_arguments,
     eager_reason,
     fail,
-    load_model,
+    model_from_args,
     model_id,
     parse_size,
 )
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             return fail("calibrate", f"--threads {args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
     try:
-        model = load_model(args)
+        model = model_from_args(args)
         if getattr(model, "dense", True):
             raise ValueError("calibration needs a block policy (not --policy dense)")
         why_eager = eager_reason(args, model)

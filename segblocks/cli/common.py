@@ -14,7 +14,7 @@ __all__ = [
     "add_dtype_argument",
     "add_model_arguments",
     "add_optimize_argument",
-    "load_model",
+    "model_from_args",
     "optimize_model",
     "input_normalize",
     "add_budget_arguments",
@@ -74,7 +74,7 @@ def add_dtype_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Options that pick the model of ``eval`` and ``infer`` (see :func:`load_model`)."""
+    """Options that pick the model of ``eval`` and ``infer`` (see :func:`model_from_args`)."""
     p.add_argument("--checkpoint", help="trainer checkpoint (segblocks train writes last.pt)")
     p.add_argument(
         "--model",
@@ -125,8 +125,7 @@ def optimize_model(model, args: argparse.Namespace | None = None):
     """``model`` in the fast inference form (:func:`~segblocks.models.inference.
     optimize_for_inference`, in place: eval, batch norm folded, activations fused,
     channels-last), unless
-    ``args.optimize`` is false (``--no-optimize``); attributes set on the model (``dataset``,
-    ``class_names``) stay."""
+    ``args.optimize`` is false (``--no-optimize``)."""
     if args is not None and not getattr(args, "optimize", True):
         return model
     from segblocks.models.inference import optimize_for_inference
@@ -135,14 +134,18 @@ def optimize_model(model, args: argparse.Namespace | None = None):
 
 
 def _policy_kwargs(args: argparse.Namespace, policy: str) -> dict:
-    if policy in ("random", "heuristic"):
-        return {"tau": args.hr_fraction}
+    """Constructor arguments of ``--policy`` (:func:`segblocks.policies.policy_kwargs_from_config`:
+    ``--hr-fraction`` is the run's tau, which random / heuristic take); ``--scale`` is the
+    dense policy's option."""
+    from segblocks.policies import policy_kwargs_from_config
+
+    options = {}
     if policy == "dense" and getattr(args, "scale", None) is not None:
-        return {"scale": args.scale}
-    return {}
+        options["scale"] = args.scale
+    return policy_kwargs_from_config(policy, options, tau=getattr(args, "hr_fraction", None))
 
 
-def load_model(args: argparse.Namespace, num_classes: int | None = None):
+def model_from_args(args: argparse.Namespace, num_classes: int | None = None):
     """The model of :func:`add_model_arguments`, in eval mode: a trainer checkpoint's
     SegBlocksModel (``--policy`` overrides its policy) or a fresh registry model with
     ``--num-classes`` (default ``num_classes``, else 9). Every model is a SegBlocksModel, the
@@ -155,20 +158,14 @@ def load_model(args: argparse.Namespace, num_classes: int | None = None):
     if exported_path(args) is not None:
         return load_exported_model(args)
     if args.checkpoint:
-        from segblocks.training import load_segblocks
-
-        model = load_segblocks(args.checkpoint)
+        model = SegBlocksModel.from_checkpoint(args.checkpoint)
         if args.block_size is not None and args.block_size != model.block_size:
             raise ValueError(
                 f"--block-size {args.block_size}: the checkpoint's model runs in blocks of "
                 f"{model.block_size} (its training config); drop --block-size"
             )
-        trained = {"dataset": model.dataset, "class_names": model.class_names}
         if args.policy:  # override the trained policy (e.g. dense for the static baseline)
-            kw = _policy_kwargs(args, args.policy)
-            model = SegBlocksModel(model.net, args.policy, model.block_size, **kw)
-        for k, v in trained.items():  # what the checkpoint says about its data
-            setattr(model, k, v)
+            model = model.with_policy(args.policy, **_policy_kwargs(args, args.policy))
         return optimize_model(model.eval(), args)
     net = create_model(args.model, num_classes=args.num_classes or num_classes or 9)
     policy = args.policy or "all_hr"

@@ -11,7 +11,7 @@ from .common import (
     check_budget,
     fail,
     input_normalize,
-    load_model,
+    model_from_args,
     parse_size,
 )
 
@@ -52,15 +52,18 @@ def add_parser(sub) -> None:
 
 
 def _dataset(args: argparse.Namespace):
-    from segblocks.data import CamVid, Cityscapes, MapillaryVistas, ProceduralStreets
+    """``--dataset``'s ``--split`` (:func:`segblocks.data.create_dataset`)."""
+    from segblocks.data import create_dataset, dataset_needs_root
 
     if args.dataset == "procedural":
         h, w = parse_size(args.size)
-        return ProceduralStreets(args.max_images or 16, h, w, seed=args.seed, split=args.split)
-    if not args.data_root:
+        n = args.max_images or 16
+        return create_dataset(
+            "procedural", split=args.split, num_images=n, height=h, width=w, seed=args.seed
+        )
+    if dataset_needs_root(args.dataset) and not args.data_root:
         raise ValueError(f"--dataset {args.dataset} needs --data-root")
-    cls = {"camvid": CamVid, "cityscapes": Cityscapes, "mapillary": MapillaryVistas}
-    return cls[args.dataset](args.data_root, split=args.split)
+    return create_dataset(args.dataset, args.data_root, split=args.split)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         ds = _dataset(args)
-        model = load_model(args, num_classes=getattr(ds, "num_classes", None))
+        model = model_from_args(args, num_classes=getattr(ds, "num_classes", None))
     except (ValueError, FileNotFoundError, KeyError) as e:
         return fail("eval", e)
     k_model = getattr(getattr(model, "net", model), "num_classes", None)
@@ -132,26 +135,18 @@ def _sweep(args: argparse.Namespace, budgets: list[str], run_eval) -> int:
     import json
     from pathlib import Path
 
-    rows = []
-    for b in budgets:
-        r = run_eval(b)
-        latency = 1000.0 / r.fps if r.fps else None
-        rows.append(
-            {
-                "name": str(b),
-                "budget": str(b),
-                "miou": r.miou,
-                "gmacs": r.gmacs,
-                "hr_percent": 100 * r.mean_hr_fraction,
-                "latency_ms": latency,
-            }
-        )
-        ms = f"{latency:7.1f} ms" if latency is not None else "      - ms"
+    from segblocks.evaluation.evaluate import budget_sweep
+
+    def show(row: dict) -> None:
+        ms = row["latency_ms"]
+        ms = f"{ms:7.1f} ms" if ms is not None else "      - ms"
         print(
-            f"budget {b:>10}: mIoU {100 * r.miou:5.1f}  GMACs {r.gmacs:6.3f}  "
-            f"HR {100 * r.mean_hr_fraction:5.1f} %  {ms}",
+            f"budget {row['budget']:>10}: mIoU {100 * row['miou']:5.1f}  GMACs "
+            f"{row['gmacs']:6.3f}  HR {row['hr_percent']:5.1f} %  {ms}",
             flush=True,
         )
+
+    rows = budget_sweep(budgets, run_eval, on_row=show)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"budget_sweep": rows}, indent=2))

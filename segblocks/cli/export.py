@@ -78,7 +78,7 @@ def _export_program(args, fmt: str) -> int:
     import torch
 
     from segblocks.deploy import package_aoti, save_exported
-    from segblocks.training import load_segblocks
+    from segblocks.models.segblocks_model import SegBlocksModel
 
     if args.size is None:
         raise ValueError(
@@ -89,7 +89,7 @@ def _export_program(args, fmt: str) -> int:
         raise ValueError("--format pt2 / aoti computes in float32 or bfloat16, not float16")
     if args.batch < 1:
         raise ValueError(f"--batch {args.batch} must be >= 1")
-    model = load_segblocks(args.checkpoint)
+    model = SegBlocksModel.from_checkpoint(args.checkpoint)
     save = package_aoti if fmt == "aoti" else save_exported
     t = time.perf_counter()
     path = save(model, args.out, args.size, batch=args.batch, dtype=getattr(torch, dtype_name))

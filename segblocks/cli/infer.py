@@ -15,7 +15,7 @@ from .common import (
     exported_path,
     fail,
     input_normalize,
-    load_model,
+    model_from_args,
     positive_int,
     run_engine,
 )
@@ -91,9 +91,14 @@ def model_palette(model):
     net = getattr(model, "net", model)
     k = int(getattr(net, "num_classes", 0) or 0)
     dataset = getattr(model, "dataset", None)
-    if dataset is None and not hasattr(model, "class_names") and k == NUM_CLASSES:
+    names = getattr(model, "class_names", None)
+    if dataset is None and names is None and k == NUM_CLASSES:
         dataset = "procedural"  # a fresh model with the default --num-classes
-    return palette_for(dataset, k, getattr(model, "class_names", None))
+    palette, names, what = palette_for(dataset, k, names)
+    own = [tuple(c) for c in getattr(model, "palette", None) or ()]
+    if len(own) == k and own != palette:  # a palette of its own, stored in the checkpoint
+        palette, what = own, "the checkpoint's palette"
+    return palette, names, what
 
 
 def is_stream(args: argparse.Namespace) -> bool:
@@ -110,7 +115,7 @@ def run_stream(args: argparse.Namespace, note) -> int:
     from segblocks.evaluation.video import infer_stream
 
     try:
-        model = load_model(args)
+        model = model_from_args(args)
         why_eager = eager_reason(args, model)
         check_budget(args, model, engine=run_engine(args, model))
         palette, names, _ = model_palette(model)
@@ -163,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             f"not to {args.input}",
         )
     try:
-        model = load_model(args)
+        model = model_from_args(args)
         # still images run the eager model (a compile takes longer than most image sets)
         check_budget(args, model, engine=getattr(model, "kind", "eager"))
         palette, names, what = model_palette(model)

@@ -1,7 +1,8 @@
 """Datasets and paired transforms.
 
 :class:`ProceduralStreets` is the built-in procedural street-scene data (no files); CamVid,
-Cityscapes and Mapillary Vistas read their official layouts in place.
+Cityscapes and Mapillary Vistas read their official layouts in place. Build any of them by
+name with :func:`create_dataset` (:mod:`segblocks.data.registry`).
 """
 
 from .datasets import CamVid, Cityscapes, MapillaryVistas, SegmentationDataset
@@ -15,6 +16,13 @@ from .procedural import (
     block_content,
     generate_scene,
     thin_object_mask,
+)
+from .registry import (
+    create_dataset,
+    dataset_needs_root,
+    get_dataset_class,
+    list_datasets,
+    register_dataset,
 )
 
 __all__ = [
@@ -31,4 +39,9 @@ __all__ = [
     "generate_scene",
     "thin_object_mask",
     "block_content",
+    "create_dataset",
+    "dataset_needs_root",
+    "get_dataset_class",
+    "list_datasets",
+    "register_dataset",
 ]

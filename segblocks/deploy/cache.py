@@ -72,7 +72,7 @@ _CODE: str | None = None
 
 def cache_key(checkpoint, model, size, batch: int, dtype: torch.dtype) -> str:
     """A digest of everything the compiled package depends on."""
-    import segblocks
+    from ..version import __version__
 
     policy = "dense" if model.dense else model.policy.name
     what = {
@@ -84,7 +84,7 @@ def cache_key(checkpoint, model, size, batch: int, dtype: torch.dtype) -> str:
         "batch": batch,
         "dtype": str(dtype),
         "torch": torch.__version__,
-        "segblocks": segblocks.__version__,
+        "segblocks": __version__,
         "code": _code_digest(),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]

@@ -108,7 +108,7 @@ def _ranks_blocks(model: SegBlocksModel, size) -> bool:
 def export_metadata(model: SegBlocksModel, size, batch: int, dtype: torch.dtype) -> dict:
     """What a loaded program needs besides the graph: sizes, classes, normalisation, the
     GMAC cost model of budgets (exact, see :meth:`SegBlocksModel.mac_cost`)."""
-    import segblocks
+    from ..version import __version__
 
     H, W = size
     hp, wp = model.padded_size(H, W)
@@ -130,7 +130,7 @@ def export_metadata(model: SegBlocksModel, size, batch: int, dtype: torch.dtype)
         "input_mean": list(getattr(net, "input_mean", None) or []) or None,
         "input_std": list(getattr(net, "input_std", None) or []) or None,
         "torch": torch.__version__,
-        "segblocks": segblocks.__version__,
+        "segblocks": __version__,
     }
     if not model.dense:
         cost = model.mac_cost(hp, wp)

@@ -1,6 +1,8 @@
 """Evaluation of a (SegBlocks or dense) segmentation model, as reported in the paper.
 
-:func:`evaluate` runs a model image by image (batch 1) over a dataset and measures:
+:func:`evaluate` runs a model image by image (batch 1) over a dataset through the evaluation
+loop (:mod:`segblocks.evaluation.loop`) and its evaluators
+(:mod:`segblocks.evaluation.evaluators`), and gathers in an :class:`EvalResult`:
 
 - mIoU and per-class IoU (:class:`~segblocks.evaluation.metrics.ConfusionMatrix`);
 - GMACs per image from the exact accounting of :mod:`segblocks.measuring.macs`, with the block
@@ -21,23 +23,33 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from ..measuring.macs import count_macs_dense, count_macs_segblocks
-from ..models.segblocks_model import SegBlocksModel
-from .metrics import ConfusionMatrix
+from .evaluators import (
+    HIST_BINS,
+    HRShareEvaluator,
+    MacsEvaluator,
+    MemoryEvaluator,
+    SegmentationEvaluator,
+    TimingEvaluator,
+    peak_rss_mb,
+    peak_rss_reset,
+)
+from .loop import inference_on_dataset
 
-__all__ = ["EvalResult", "evaluate", "peak_rss_reset", "peak_rss_mb", "HIST_BINS"]
-
-#: number of histogram bins over [0, 100] % HR blocks (paper Fig. 8 uses 10 % bins)
-HIST_BINS = 10
+__all__ = [
+    "EvalResult",
+    "evaluate",
+    "budget_sweep",
+    "peak_rss_reset",
+    "peak_rss_mb",
+    "HIST_BINS",
+]
 
 
 @dataclass
@@ -147,55 +159,6 @@ def _nan_to_none(v):
     return v
 
 
-# ---------------------------------------------------------------------------- memory
-def peak_rss_reset() -> bool:
-    """Reset the process' peak RSS (Linux ``/proc/self/clear_refs``); False if impossible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident set size (``VmHWM``) of the process in MiB, or None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0  # kB
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-# ---------------------------------------------------------------------------- helpers
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _pixel_grid(grid: Tensor, block_size: int, h: int, w: int) -> Tensor:
-    """``[GH, GW]`` bool -> ``[h, w]`` bool (blocks upsampled to pixels, cropped)."""
-    g = grid.repeat_interleave(block_size, 0).repeat_interleave(block_size, 1)
-    return g[:h, :w]
-
-
-def _segblocks_macs(model, hw: tuple[int, int], mask: Tensor) -> tuple[int, int]:
-    """(total, policy) MACs of one padded ``hw`` image run by ``model`` with ``mask [GH, GW]``."""
-    p = next(iter(model.net.parameters()))
-    x = torch.zeros(1, 3, *hw, device=p.device, dtype=p.dtype)
-    rep = count_macs_segblocks(model, x, mask=mask[None].to(p.device))
-    return rep.total, rep.policy
-
-
-def _dense_macs(model, hw: tuple[int, int]) -> int:
-    p = next(iter(model.parameters()))
-    x = torch.zeros(1, 3, *hw, device=p.device, dtype=p.dtype)
-    return count_macs_dense(model, x).total
-
-
 # ---------------------------------------------------------------------------- evaluate
 def evaluate(
     model: nn.Module,
@@ -210,7 +173,9 @@ def evaluate(
     dtype: torch.dtype | None = None,
     budget=None,
 ) -> EvalResult:
-    """Evaluate ``model`` on ``dataset`` one image at a time (batch 1, ``inference_mode``).
+    """Evaluate ``model`` on ``dataset`` one image at a time (batch 1, no autograd): the
+    evaluation loop (:func:`~segblocks.evaluation.loop.inference_on_dataset`) with every
+    evaluator of :mod:`segblocks.evaluation.evaluators`.
 
     Args:
         model: a :class:`~segblocks.models.segblocks_model.SegBlocksModel` (its ``grid`` gives
@@ -235,144 +200,78 @@ def evaluate(
     Returns:
         an :class:`EvalResult`.
     """
-    from tqdm import tqdm
-
-    device = torch.device(device)
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
-    if budget is not None and not isinstance(model, SegBlocksModel):
-        raise ValueError("a budget needs a SegBlocksModel (a model with a block policy)")
-    if n < 1:
-        raise ValueError("evaluate: the dataset has no images to evaluate")
-    seg = isinstance(model, SegBlocksModel)
-    modes = [(m, m.training) for m in model.modules()]
-    model.to(device=device, dtype=dtype).eval()
+    K = num_classes or getattr(dataset, "num_classes", None)  # None: the logits'
+    evaluators = [
+        SegmentationEvaluator(
+            K, int(getattr(dataset, "ignore_index", 255)), getattr(dataset, "classes", None)
+        ),
+        HRShareEvaluator(K),
+        MacsEvaluator(model),
+        TimingEvaluator(warmup=n // 2 if fps else n),
+        MemoryEvaluator(device),
+    ]
+    r = inference_on_dataset(
+        model,
+        dataset,
+        evaluators,
+        device=device,
+        normalize=normalize,
+        max_images=max_images,
+        dtype=dtype,
+        budget=budget,
+        progress=progress,
+    )
     run_dtype = next(
         (p.dtype for p in model.parameters() if p.is_floating_point()), dtype or torch.float32
     )
-    warmup = n // 2 if fps else n
-    cm = None
-    class_pix = class_hr = None
-    hr_fractions: list[float] = []
-    mac_keys: list[tuple] = []
-    mac_masks: dict[tuple, Tensor] = {}
-    elapsed = 0.0
-    timed = 0
-
-    mem_kind = None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        mem_kind = "cuda_max_allocated"
-    elif peak_rss_reset():
-        mem_kind = "cpu_vmhwm"
-
-    try:
-        with torch.inference_mode():
-            for i in tqdm(range(n), desc="evaluate", disable=not progress):
-                image, label = dataset[i]
-                if normalize is not None:
-                    image, label = normalize(image, label)
-                x = image.unsqueeze(0).to(device=device, dtype=dtype)
-                label = torch.as_tensor(label).to(device).long()
-                H, W = label.shape[-2:]
-                timing = fps and i >= warmup
-                if timing:
-                    _sync(device)
-                    t0 = time.perf_counter()
-                out = model(x) if budget is None else model(x, budget=budget)
-                if timing:
-                    _sync(device)
-                    elapsed += time.perf_counter() - t0
-                    timed += 1
-                if seg:
-                    logits, grid = out.logits, out.grid[0]
-                    bs = model.block_size
-                else:
-                    logits = out if isinstance(out, Tensor) else out.logits
-                    grid, bs = None, None
-                if logits.shape[-2:] != (H, W):
-                    logits = F.interpolate(
-                        logits, size=(H, W), mode="bilinear", align_corners=False
-                    )
-                K = num_classes or getattr(dataset, "num_classes", None) or logits.shape[1]
-                if logits.shape[1] != K:
-                    raise ValueError(
-                        f"the model predicts {logits.shape[1]} classes but the dataset "
-                        f"{type(dataset).__name__} has {K}; evaluate a model trained on this "
-                        "dataset (or with num_classes matching it)"
-                    )
-                if cm is None:
-                    ignore = int(getattr(dataset, "ignore_index", 255))
-                    cm = ConfusionMatrix(K, device=device, ignore_index=ignore)
-                    class_pix = torch.zeros(K, dtype=torch.long, device=device)
-                    class_hr = torch.zeros(K, dtype=torch.long, device=device)
-                pred = logits.argmax(1)
-                cm.update(pred, label[None])
-
-                valid = (label >= 0) & (label < K)
-                lab = label[valid]
-                class_pix += torch.bincount(lab, minlength=K)[:K]
-                if grid is None:
-                    class_hr += torch.bincount(lab, minlength=K)[:K]
-                    hr_fractions.append(1.0)
-                    key = ("dense", int(x.shape[-2]), int(x.shape[-1]))
-                else:
-                    hr_pix = _pixel_grid(grid, bs, H, W)
-                    class_hr += torch.bincount(label[valid & hr_pix], minlength=K)[:K]
-                    hr_fractions.append(float(grid.float().mean()))
-                    # MACs depend only on the padded size and the number of HR blocks.
-                    hp, wp = grid.shape[0] * bs, grid.shape[1] * bs
-                    key = ("blocks", hp, wp, int(grid.sum()))
-                    if key not in mac_masks:
-                        mac_masks[key] = grid.detach().clone()
-                mac_keys.append(key)
-
-            if device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated(device) / 2**20
-            elif mem_kind == "cpu_vmhwm":
-                peak = peak_rss_mb()
-                mem_kind = mem_kind if peak is not None else None
-            else:
-                peak = None
-
-        # MACs per distinct (size, number of HR blocks), outside the timed loop.
-        mac_cache: dict[tuple, tuple[int, int]] = {}
-        for key in dict.fromkeys(mac_keys):
-            if key[0] == "dense":
-                mac_cache[key] = (_dense_macs(model, key[1:]), 0)
-            else:
-                mac_cache[key] = _segblocks_macs(model, key[1:3], mac_masks[key])
-    finally:
-        for m, t in modes:
-            m.training = t
-
-    res = cm.compute()
-    K = cm.num_classes
-    names = list(getattr(dataset, "classes", ()) or ())
-    if len(names) != K:
-        names = [f"class_{k}" for k in range(K)]
-    pix = class_pix.double().cpu()
-    hr = class_hr.double().cpu()
-    class_hr_pct = torch.where(pix > 0, 100 * hr / pix.clamp_min(1), float("nan")).tolist()
-    per_image = [mac_cache[k][0] / 1e9 for k in mac_keys]
-    policy = [mac_cache[k][1] / 1e9 for k in mac_keys]
-    counts, edges = np.histogram(100 * np.asarray(hr_fractions), bins=HIST_BINS, range=(0.0, 100.0))
     return EvalResult(
-        miou=float(res["miou"]),
-        iou=[float(v) for v in res["iou"]],
-        pixel_accuracy=float(res["pixel_accuracy"]),
-        class_names=names,
+        miou=r["miou"],
+        iou=r["iou"],
+        pixel_accuracy=r["pixel_accuracy"],
+        class_names=r["class_names"],
         num_images=n,
-        gmacs=float(np.mean(per_image)),
-        gmacs_policy=float(np.mean(policy)),
-        gmacs_per_image=per_image,
-        fps=(timed / elapsed if timed and elapsed > 0 else None),
-        timed_images=timed,
-        peak_memory_mb=peak,
-        memory_kind=mem_kind,
-        hr_fractions=hr_fractions,
-        hr_hist_counts=[int(c) for c in counts],
-        hr_hist_edges=[float(e) for e in edges],
-        class_hr_percent=class_hr_pct,
-        device=str(device),
+        gmacs=r["gmacs"],
+        gmacs_policy=r["gmacs_policy"],
+        gmacs_per_image=r["gmacs_per_image"],
+        fps=r["fps"],
+        timed_images=r["timed_images"],
+        peak_memory_mb=r["peak_memory_mb"],
+        memory_kind=r["memory_kind"],
+        hr_fractions=r["hr_fractions"],
+        hr_hist_counts=r["hr_hist_counts"],
+        hr_hist_edges=r["hr_hist_edges"],
+        class_hr_percent=r["class_hr_percent"],
+        device=str(torch.device(device)),
         dtype=str(run_dtype).removeprefix("torch."),
     )
+
+
+def budget_sweep(budgets, run_eval, on_row=None) -> list[dict]:
+    """One model at each budget (mIoU against cost, paper Fig. 10 for one network).
+
+    Args:
+        budgets: budget strings (``"0.2"``, ``"1.5gmacs"``, ...).
+        run_eval: ``run_eval(budget) -> EvalResult``, e.g. ``lambda b: evaluate(model, data,
+            budget=b)``.
+        on_row: called with each row as it is measured (progress).
+
+    Returns:
+        rows ``{"name", "budget", "miou", "gmacs", "hr_percent", "latency_ms"}`` (latency
+        from the FPS measurement, ``None`` without one).
+    """
+    rows = []
+    for b in budgets:
+        r = run_eval(b)
+        row = {
+            "name": str(b),
+            "budget": str(b),
+            "miou": r.miou,
+            "gmacs": r.gmacs,
+            "hr_percent": 100 * r.mean_hr_fraction,
+            "latency_ms": 1000.0 / r.fps if r.fps else None,
+        }
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows

@@ -1,8 +1,13 @@
 """Measuring: exact MAC accounting, dense and in block execution (:mod:`.macs`), and the
-latency of a SegBlocks model against its dense network (:mod:`.bench`)."""
+latency of a SegBlocks model against its dense network (:mod:`.bench`).
 
-from .bench import bench_model
+:mod:`.macs` depends only on the block engine and the policies (``import segblocks`` loads it
+to register :class:`MacCostModel` as the cost model of GMACs budgets); :mod:`.bench` runs
+models and is imported on first use.
+"""
+
 from .macs import (
+    MacCostModel,
     MacReport,
     MacRow,
     compare_macs,
@@ -13,6 +18,7 @@ from .macs import (
 )
 
 __all__ = [
+    "MacCostModel",
     "MacReport",
     "MacRow",
     "count_macs_dense",
@@ -22,3 +28,11 @@ __all__ = [
     "model_from_name",
     "bench_model",
 ]
+
+
+def __getattr__(name: str):
+    if name == "bench_model":
+        from .bench import bench_model
+
+        return bench_model
+    raise AttributeError(f"module 'segblocks.measuring' has no attribute {name!r}")

@@ -16,20 +16,15 @@ import torch
 
 from segblocks.models.segblocks_model import SegBlocksModel
 
+from ..policies.masks import random_mask
 from .macs import count_macs_dense, count_macs_segblocks
 
-__all__ = ["bench_model", "random_mask"]
-
-
-def random_mask(gen: torch.Generator, gh: int, gw: int, n_hr: int) -> torch.Tensor:
-    """``[1, gh, gw]`` bool mask with exactly ``n_hr`` HR blocks at random positions."""
-    mask = torch.zeros(gh * gw, dtype=torch.bool)
-    mask[torch.randperm(gh * gw, generator=gen)[:n_hr]] = True
-    return mask.view(1, gh, gw)
+__all__ = ["bench_model"]
 
 
 def _random_fraction_mask(gen: torch.Generator, gh: int, gw: int, frac: float) -> torch.Tensor:
-    return random_mask(gen, gh, gw, int(frac * gh * gw + 0.5))
+    """``[1, gh, gw]`` mask with ``round(frac * gh * gw)`` HR blocks at random positions."""
+    return random_mask(1, (gh, gw), int(frac * gh * gw + 0.5), generator=gen)
 
 
 def bench_model(

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..policies.budget import AffineCost
+from ..policies.masks import random_mask
 
 __all__ = ["LatencyCalibration", "calibrate", "cpu_name"]
 
@@ -128,12 +129,6 @@ class LatencyCalibration:
         return cal
 
 
-def _random_mask(gen: torch.Generator, gh: int, gw: int, k: int, device) -> torch.Tensor:
-    mask = torch.zeros(gh * gw, dtype=torch.bool)
-    mask[torch.randperm(gh * gw, generator=gen)[:k]] = True
-    return mask.view(1, gh, gw).to(device)
-
-
 def calibrate(
     model,
     name: str,
@@ -192,7 +187,7 @@ def calibrate(
         for r in range(warmup + runs):
             order = ks[r % len(ks) :] + ks[: r % len(ks)]
             for k in order:
-                mask = _random_mask(gen, gh, gw, k, p.device)
+                mask = random_mask(1, (gh, gw), k, generator=gen, device=p.device)
                 sync()
                 t0 = time.perf_counter()
                 model(x, mask=mask)

@@ -26,11 +26,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from segblocks.models.segblocks_model import SegBlocksModel
+from ..policies.budget import AffineCost
+
+if TYPE_CHECKING:
+    from ..models.segblocks_model import SegBlocksModel
 
 __all__ = [
     "MacRow",
@@ -38,6 +42,7 @@ __all__ = [
     "count_macs_dense",
     "count_macs_blocks",
     "count_macs_segblocks",
+    "MacCostModel",
     "model_from_name",
     "compare_macs",
 ]
@@ -194,9 +199,10 @@ class MacReport:
 
 # ---------------------------------------------------------------------------- hooks
 def _macs_per_output_element(m: nn.Module) -> int:
-    if isinstance(m, nn.Conv2d):
-        return (m.in_channels // m.groups) * math.prod(m.kernel_size)
-    return m.in_features  # nn.Linear
+    """MACs of one output element of a Conv2d / Linear (the package's one formula)."""
+    from ..blocks.macs import macs_per_output_element
+
+    return macs_per_output_element(m)
 
 
 def _shape_str(shape) -> str:
@@ -501,6 +507,41 @@ def count_macs_segblocks(model: SegBlocksModel, x, mask: Tensor | None = None) -
     )
 
 
+class MacCostModel:
+    """The GMACs cost model of a SegBlocks model's budgets (``model.mac_cost_model``): one
+    ``hp x wp`` (padded) image with ``k`` HR blocks costs ``base + per_block * k``, policy
+    included. Exact: every HR block adds the same MACs, so two counts (all LR, all HR) per
+    padded size give the line; they are made once per size and kept.
+
+    Example:
+        >>> model.mac_cost_model = MacCostModel(model)   # what a gmacs budget uses by default
+        >>> model.mac_cost(384, 480)                     # AffineCost(base, per_block, "gmacs")
+    """
+
+    def __init__(self, model: SegBlocksModel):
+        self.model = model
+        self._costs: dict[tuple[int, int, int], AffineCost] = {}
+
+    def cost(self, hp: int, wp: int, block_size: int) -> AffineCost:
+        key = (int(hp), int(wp), int(block_size))
+        if key not in self._costs:
+            model = self.model
+            if block_size != model.block_size:
+                raise ValueError(f"block size {block_size} is not the model's {model.block_size}")
+            p = next(iter(model.net.parameters()))
+            x = torch.zeros(1, 3, hp, wp, device=p.device, dtype=p.dtype)
+            gh, gw = hp // block_size, wp // block_size
+            lo, hi = (
+                count_macs_segblocks(
+                    model, x, torch.full((1, gh, gw), v, dtype=torch.bool, device=p.device)
+                ).total
+                / 1e9
+                for v in (False, True)
+            )
+            self._costs[key] = AffineCost(lo, (hi - lo) / (gh * gw), "gmacs")
+        return self._costs[key]
+
+
 def model_from_name(name: str) -> nn.Module:
     """``"timm:NAME"``: a timm ``features_only`` trunk (random weights, offline); otherwise a
     model of the :mod:`segblocks.models` registry. Raises ``ValueError`` if it cannot be built.
@@ -542,25 +583,26 @@ def compare_macs(
     Returns:
         ``(dense, blocks)`` reports; ``blocks`` includes the policy.
     """
-    from segblocks.policies import create_policy
+    from segblocks.policies import policy_from_config
 
     H, W = size
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, H, W, generator=gen)
     tau = hr_fraction
-    kw = {
-        "random": {"tau": tau, "seed": seed},
-        "heuristic": {"tau": tau},
-        "learned": {"block_size": block_size, "init_tau": min(max(tau, 1e-3), 1 - 1e-3)},
+    # the policy fills in tau / block_size itself; seeding and the untrained net's bias are ours
+    options = {
+        "random": {"seed": seed},
+        "learned": {"init_tau": min(max(tau, 1e-3), 1 - 1e-3)},
     }.get(policy, {})
-    pol = create_policy(policy, **kw).eval()
+    pol = policy_from_config(policy, options, tau=tau, block_size=block_size).eval()
     if policy == "learned":
         # Untrained: thresholding p ~ tau at 0.5 would make every block LR (tau < 0.5) or HR;
         # sampling (training mode) gives a mask with about tau HR blocks instead.
         pol.train()
     dense = count_macs_dense(model, x)
     from segblocks.models.generic import missing_protocol
+    from segblocks.models.segblocks_model import SegBlocksModel
 
     if not missing_protocol(model):
         blocks = count_macs_segblocks(SegBlocksModel(model, pol, block_size), x)

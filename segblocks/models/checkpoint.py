@@ -117,7 +117,7 @@ def export_checkpoint(src, dst, dtype: torch.dtype = torch.float16) -> Path:
     ``dtype``; the optimizer, scheduler and RNG states are dropped.
 
     The export rebuilds its model from the file alone (:func:`load_model`,
-    :func:`segblocks.training.load_segblocks`), which loads the weights back into float32
+    :meth:`SegBlocksModel.from_checkpoint`), which loads the weights back into float32
     modules. Half precision halves the file; weights lose precision below ~1e-3 relative.
 
     Args:

@@ -2,9 +2,10 @@
 
 Pipeline (paper section 3, Fig. 2): the policy picks a grid of HR blocks for the (normalised)
 image; BlockSample splits the image; the backbone, decoder and head run on block tensors (the
-engine of ``segblocks.blocks``); the SPP, which pools the whole map, runs densely through
-:class:`~segblocks.blocks.DenseFallback`; one BlockCombine at stride 4 gives dense logits,
-which are bilinearly upsampled to the input size.
+engine of ``segblocks.blocks``); the SPP, which pools the whole map, runs densely: the
+network calls it through :func:`~segblocks.blocks.fallback.dense_call` (combine -> SPP ->
+split back into blocks); one BlockCombine at stride 4 gives dense logits, which are
+bilinearly upsampled to the input size.
 
 What holds exactly (tested in ``tests/models/test_segblocks_model.py``):
 
@@ -28,11 +29,20 @@ from torch import Tensor, nn
 
 from ..blocks import BlockSample, BlockTensor, block_combine, kernels
 from ..blocks.extension import failure_reason
-from ..blocks.fallback import run_densely
 from ..blocks.tracing import exporting
-from ..errors import EXPORT_HINT, ExportError
-from ..policies import Dense, Policy, create_policy
-from ..policies.budget import AffineCost, Budget, budget_count, no_calibration, top_k_mask
+from ..data.palettes import palette_for
+from ..errors import EXPORT_HINT, CheckpointError, ExportError
+from ..policies import Dense, Policy, policy_from_config
+from ..policies.budget import (
+    AffineCost,
+    Budget,
+    CostModel,
+    budget_count,
+    default_cost_model,
+    no_calibration,
+    top_k_mask,
+)
+from .checkpoint import load_checkpoint, load_state_dict_checked, model_from_checkpoint
 from .generic import missing_protocol
 from .registry import create_model
 
@@ -87,7 +97,11 @@ class SegBlocksModel(nn.Module):
             ``"zero"``).
         combine: BlockCombine upsampling of LR blocks at stride 4 (``"nearest"``, paper; or
             ``"bilinear"`` with neighbour context).
-        **policy_kwargs: passed to :func:`~segblocks.policies.create_policy` with a policy name.
+        dataset, class_names, palette: what the model was trained on (the training dataset's
+            name, its class names and ``[(r, g, b), ...]`` colours), ``None`` when unknown;
+            :meth:`from_checkpoint` restores them, the CLI uses them to name and draw classes.
+        **policy_kwargs: options of a policy given by name
+            (:func:`~segblocks.policies.policy_from_config`).
 
     Input: normalised images ``[N, 3, H, W]`` (as the dense SwiftNet takes them).
 
@@ -112,6 +126,9 @@ class SegBlocksModel(nn.Module):
         input_pad: str = "replicate",
         pad_mode: str = "avg",
         combine: str = "nearest",
+        dataset: str | None = None,
+        class_names: list[str] | None = None,
+        palette: list[tuple[int, int, int]] | None = None,
         **policy_kwargs,
     ):
         super().__init__()
@@ -134,9 +151,7 @@ class SegBlocksModel(nn.Module):
         if combine not in ("nearest", "bilinear"):
             raise ValueError(f"combine {combine!r} must be 'nearest' or 'bilinear'")
         if isinstance(policy, str):
-            if policy == "learned":
-                policy_kwargs.setdefault("block_size", block_size)
-            policy = create_policy(policy, **policy_kwargs)
+            policy = policy_from_config(policy, policy_kwargs, block_size=block_size)
         elif policy_kwargs:
             raise ValueError(
                 f"policy options {sorted(policy_kwargs)} given with a Policy instance; "
@@ -149,9 +164,77 @@ class SegBlocksModel(nn.Module):
         self.input_pad = input_pad
         self.combine = combine
         self.sample = BlockSample(block_size, pad_mode)
-        self._mac_costs: dict[tuple[int, int], AffineCost] = {}
+        self.dataset = dataset
+        self.class_names = list(class_names) if class_names else None
+        self.palette = [tuple(int(v) for v in c) for c in palette] if palette else None
+        #: cost model of ``gmacs`` budgets; ``None``: the registered default (the exact counter
+        #: :class:`segblocks.measuring.MacCostModel`), made at the first such budget
+        self.mac_cost_model: CostModel | None = None
         #: latency model of ``ms`` budgets (``segblocks calibrate``; see :meth:`latency_cost`)
-        self.latency_calibration = None
+        self.latency_calibration: CostModel | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu") -> SegBlocksModel:
+        """The trained model of a trainer checkpoint (``segblocks train``'s ``last.pt``, or its
+        ``segblocks export``), in eval mode: the network, its policy (weights included), block
+        size and BlockPad mode, and the ``dataset``, ``class_names`` and ``palette`` it was
+        trained with. Unreadable or unfitting files raise
+        :class:`~segblocks.errors.CheckpointError`.
+
+        Example:
+            >>> model = SegBlocksModel.from_checkpoint("checkpoints/camvid/segblocks_tau04.pt")
+            >>> model.dataset, model.class_names[:2]      # 'camvid', ['sky', 'building']
+        """
+        ckpt = load_checkpoint(path, map_location=map_location)
+        net = model_from_checkpoint(ckpt, path, map_location=map_location)
+        sb = ckpt.get("segblocks") or {}
+        config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        dataset = sb.get("dataset") or config.get("dataset")
+        classes = [str(c) for c in sb.get("classes") or ()] or None
+        num_classes = int(getattr(net, "num_classes", 0) or 0)
+        palette = sb.get("palette")
+        if palette is None and dataset and num_classes:
+            pal, _, what = palette_for(dataset, num_classes, classes)
+            palette = pal if what != "generic palette" else None
+        try:
+            model = cls(
+                net,
+                sb.get("policy", "all_hr"),
+                sb.get("block_size", 128),
+                pad_mode=sb.get("pad_mode", "avg"),
+                dataset=dataset,
+                class_names=classes,
+                palette=palette,
+                # the block size is the model's (a stored copy would collide with it)
+                **{k: v for k, v in (sb.get("policy_kwargs") or {}).items() if k != "block_size"},
+            )
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(
+                f"checkpoint {path}: cannot rebuild its SegBlocks model ({e})"
+            ) from None
+        if ckpt.get("policy_state_dict"):
+            load_state_dict_checked(model.policy, ckpt["policy_state_dict"], path, "policy weights")
+        if map_location is not None and not callable(map_location):
+            model.to(map_location)
+        return model.eval()
+
+    def with_policy(self, policy: Policy | str, **policy_kwargs) -> SegBlocksModel:
+        """A model sharing this one's network (not a copy) with another policy, e.g.
+        ``model.with_policy("dense")`` for the static network on the same padded input;
+        block size, padding, combine and the dataset fields are kept."""
+        return type(self)(
+            self.net,
+            policy,
+            self.block_size,
+            pad_to_block=self.pad_to_block,
+            input_pad=self.input_pad,
+            pad_mode=self.sample.pad_mode,
+            combine=self.combine,
+            dataset=self.dataset,
+            class_names=self.class_names,
+            palette=self.palette,
+            **policy_kwargs,
+        ).train(self.training)
 
     def padded_size(self, h: int, w: int) -> tuple[int, int]:
         """``(hp, wp)``: ``h x w`` rounded up to whole blocks (raises without ``pad_to_block``)."""
@@ -198,9 +281,11 @@ class SegBlocksModel(nn.Module):
     def run_blocks(self, xb: BlockTensor) -> Tensor:
         """Run the network on a block-sampled image; dense logits at stride 4.
 
-        The backbone, decoder and head run on block tensors, the SPP densely through
-        :class:`~segblocks.blocks.DenseFallback`; one BlockCombine (``self.combine``) at the
-        end. No policy, padding or final upsampling (that is :meth:`forward`).
+        ``self.net.forward_logits(xb)``: the backbone, decoder and head run on block tensors,
+        and the network calls its ``dense_modules`` (SwiftNet's SPP) through
+        :func:`~segblocks.blocks.fallback.dense_call`, i.e. on the combined map; then one
+        BlockCombine (``self.combine``). No policy, padding or final upsampling (that is
+        :meth:`forward`). Nothing is installed on the network, so threads may share it.
 
         Args:
             xb: the image split into blocks, e.g. ``self.sample(x, mask)`` for a normalised
@@ -211,29 +296,15 @@ class SegBlocksModel(nn.Module):
         Returns:
             logits ``[N, classes, H / 4, W / 4]`` (LR blocks upsampled by the combine).
         """
-        with run_densely(self.net, self.net.dense_modules):
-            logits = self.net.forward_logits(xb)
+        logits = self.net.forward_logits(xb)
         return block_combine(logits, self.combine)
 
     def mac_cost(self, hp: int, wp: int) -> AffineCost:
         """GMACs of one ``hp x wp`` (padded) image with ``k`` HR blocks: ``base + per_block *
-        k``, policy included (exact: every HR block adds the same MACs)."""
-        key = (int(hp), int(wp))
-        if key not in self._mac_costs:
-            from ..measuring.macs import count_macs_segblocks
-
-            p = next(iter(self.net.parameters()))
-            x = torch.zeros(1, 3, hp, wp, device=p.device, dtype=p.dtype)
-            gh, gw = hp // self.block_size, wp // self.block_size
-            lo, hi = (
-                count_macs_segblocks(
-                    self, x, torch.full((1, gh, gw), v, dtype=torch.bool, device=p.device)
-                ).total
-                / 1e9
-                for v in (False, True)
-            )
-            self._mac_costs[key] = AffineCost(lo, (hi - lo) / (gh * gw), "gmacs")
-        return self._mac_costs[key]
+        k``, policy included, from ``self.mac_cost_model``."""
+        if self.mac_cost_model is None:
+            self.mac_cost_model = default_cost_model("gmacs", self)
+        return self.mac_cost_model.cost(hp, wp, self.block_size)
 
     def latency_cost(self, hp: int, wp: int) -> AffineCost:
         """Milliseconds of one ``hp x wp`` image with ``k`` HR blocks, from

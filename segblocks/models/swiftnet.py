@@ -12,7 +12,8 @@ Architecture (``SwiftNet``):
   of adaptive average pooling to grids of 8, 4, 2 rows (columns scaled by the map's aspect
   ratio), each BN-ReLU-Conv1x1 -> ``spp_width // 3`` and bilinear upsampling back; concatenate
   -> BN-ReLU-Conv1x1 -> ``decoder_width``. It needs the whole map (global pooling, arbitrary
-  resizes), so block execution runs it densely (``DenseFallback``).
+  resizes), so ``decode`` calls it through :func:`~segblocks.blocks.fallback.dense_call`: on
+  block tensors it runs on the combined map and its output is split back into blocks.
 - **Decoder** (``model.decoder``): one upsampling stage per lateral (stride 16, 8, 4): lateral
   BN-ReLU-Conv1x1 -> width, 2x bilinear upsampling (``align_corners=False``) of the coarse map,
   add, BN-ReLU-Conv3x3. Only ops the block engine runs on block tensors.
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..blocks.fallback import dense_call
 from .registry import register_model
 from .weights import load_backbone_weights
 
@@ -342,18 +344,20 @@ class SwiftNet(nn.Module):
             yield from part.parameters()
 
     # ------------------------------------------------------------------ forward
-    def decode(self, features, spp: nn.Module | None = None):
+    def decode(self, features):
         """Backbone maps (strides 4, 8, 16, 32) -> logits at stride 4.
 
-        ``spp`` replaces ``self.spp`` for this call, e.g. ``DenseFallback(model.spp)`` when the
-        features are block tensors (the decoder and head run on block tensors as they are).
+        Dense maps or block tensors: the SPP (:attr:`dense_modules`) is called through
+        :func:`~segblocks.blocks.fallback.dense_call`, which runs it on the combined map when
+        its input is a block tensor; the decoder and head run on block tensors as they are.
         """
         features = list(features)
-        x = (self.spp if spp is None else spp)(features[-1])
+        x = dense_call(self.spp, features[-1])
         x = self.decoder(x, features[: self.num_laterals])
         return self.head(x)
 
-    #: layers that need the whole map (run through a dense fallback in block execution)
+    #: layers that need the whole map, with the reason: :meth:`decode` calls them through
+    #: ``dense_call`` (on the combined map in block execution)
     dense_modules = {
         "spp": "pyramid pooling to 8/4/2-row grids: each pooled cell mixes blocks of both "
         "resolutions, which blocks cannot express exactly"

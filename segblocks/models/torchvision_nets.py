@@ -8,7 +8,9 @@ the dense forward gives torchvision's logits at the input size, and
 
 The backbones run in blocks (squeeze-excitation pools globally per image, exact on block
 tensors), and so do the FCN and LR-ASPP heads (LR-ASPP's attention branch is a global pool
-too). DeepLabV3's ASPP runs densely (``dense_modules``): its atrous convolutions (rates 12,
+too). DeepLabV3's ASPP runs densely: it is listed in ``dense_modules`` (``"head.0"``, the
+first child of the ``DeepLabHead`` Sequential), so ``SegmentationNet.forward_logits`` calls
+it through :func:`~segblocks.blocks.fallback.dense_call`. Its atrous convolutions (rates 12,
 24, 36) read pixels up to 36 positions away, further than the neighbouring blocks' halo
 reaches at any practical block size. (Its image-pooling branch alone would run in blocks.)
 Output strides: the dilated ResNet-50s are at stride 8 (blocks: multiples of 16), the

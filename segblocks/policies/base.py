@@ -15,11 +15,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError, did_you_mean, short_repr
+
 __all__ = [
     "Policy",
     "PolicyOutput",
+    "PolicyConfigError",
     "POLICIES",
     "create_policy",
+    "policy_from_config",
+    "policy_kwargs_from_config",
     "register_policy",
     "num_hr_blocks",
 ]
@@ -73,16 +78,61 @@ def check_tau(tau, what: str = "tau") -> float:
     return tau
 
 
+class PolicyConfigError(ConfigError):
+    """Policy options that contradict the run they are configured for (raised by
+    :meth:`Policy.config_kwargs`).
+
+    Attributes:
+        key: the option at fault, or ``None`` when it is the options as a whole.
+        value: its value (the options dict when ``key`` is ``None``).
+        why: what is wrong; fix: what to do (may be empty).
+
+    :mod:`segblocks.training.config` reports it as config key ``policy_kwargs.KEY``.
+    """
+
+    def __init__(self, policy: str, key: str | None, value, why: str, fix: str = ""):
+        self.policy, self.key, self.value, self.why, self.fix = policy, key, value, why, fix
+        what = f"option {key}={short_repr(value)}" if key else f"options {short_repr(value)}"
+        super().__init__(f"policy {policy}: {what} {why}" + (f"; {fix}" if fix else ""))
+
+
 class Policy(nn.Module):
     """Base class: ``policy(image, grid_shape) -> PolicyOutput``.
 
     Subclasses implement :meth:`decide`; :meth:`forward` validates the arguments first.
     ``macs(image_hw)`` gives the policy network's multiply-accumulates per image (conv and
     linear layers only, as in the paper's GMACs), 0 for policies without a network.
+    :meth:`from_config` builds the policy of a run from its options, the run's target
+    fraction ``tau`` and its block size.
     """
 
     #: name under which :func:`create_policy` builds this policy
     name: str = ""
+
+    @classmethod
+    def config_kwargs(
+        cls, options: dict | None = None, *, tau: float | None = None, block_size: int | None = None
+    ) -> dict:
+        """Constructor arguments of this policy in a run with target HR fraction ``tau`` and
+        block side ``block_size``: a copy of ``options`` (a config's ``policy_kwargs``) with
+        the policy's defaults filled in. The base class fills in nothing; policies that take
+        the run's ``tau`` or ``block_size`` override it. ``None`` fills in nothing.
+
+        Raises:
+            PolicyConfigError: the options contradict the run (e.g. another block size).
+        """
+        return dict(options or {})
+
+    @classmethod
+    def from_config(
+        cls, options: dict | None = None, *, tau: float | None = None, block_size: int | None = None
+    ) -> Policy:
+        """The policy of a run: ``cls(**cls.config_kwargs(options, tau=..., block_size=...))``.
+
+        ``options`` is a dict, not ``**kwargs``, because a policy's own ``tau`` /
+        ``block_size`` options (which win) would collide with the run's.
+        """
+        return cls(**cls.config_kwargs(options, tau=tau, block_size=block_size))
 
     def forward(self, image: Tensor, grid_shape) -> PolicyOutput:
         if not isinstance(image, Tensor) or image.dim() != 4:
@@ -135,6 +185,16 @@ def register_policy(name: str):
     return deco
 
 
+def _policy_class(name: str) -> type[Policy]:
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise ValueError(
+            f"unknown policy {name!r}{did_you_mean(name, POLICIES)}; "
+            f"choose one of {sorted(POLICIES)}"
+        )
+    return cls
+
+
 def create_policy(name: str, **kwargs) -> Policy:
     """Build a policy by name: ``all_hr``, ``all_lr``, ``fixed``, ``random``, ``heuristic``,
     ``learned``; keyword arguments go to its constructor.
@@ -142,10 +202,41 @@ def create_policy(name: str, **kwargs) -> Policy:
     Example:
         >>> create_policy("random", tau=0.4, seed=0)(torch.zeros(2, 3, 256, 512), (2, 4)).mask
     """
-    cls = POLICIES.get(name)
-    if cls is None:
-        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
-    return cls(**kwargs)
+    return _policy_class(name)(**kwargs)
+
+
+def policy_kwargs_from_config(
+    name: str,
+    options: dict | None = None,
+    *,
+    tau: float | None = None,
+    block_size: int | None = None,
+) -> dict:
+    """Constructor arguments of policy ``name`` in a run (:meth:`Policy.config_kwargs`): e.g.
+    ``random`` / ``heuristic`` get ``tau`` unless ``options`` has ``tau`` (or ``threshold``),
+    ``learned`` gets ``block_size``.
+
+    For ``SegBlocksModel(net, name, block_size, **kwargs)`` leave ``block_size=None``: the model
+    fills in ``learned``'s block size, and a ``block_size`` key would collide with its own
+    argument (or pass the policy itself, :func:`policy_from_config`).
+
+    Example:
+        >>> policy_kwargs_from_config("random", {"seed": 0}, tau=0.4, block_size=128)
+        {'seed': 0, 'tau': 0.4}
+    """
+    return _policy_class(name).config_kwargs(options, tau=tau, block_size=block_size)
+
+
+def policy_from_config(
+    name: str,
+    options: dict | None = None,
+    *,
+    tau: float | None = None,
+    block_size: int | None = None,
+) -> Policy:
+    """Policy ``name`` of a run with target fraction ``tau`` and block side ``block_size``
+    (:meth:`Policy.from_config`); ``options`` are the config's ``policy_kwargs``."""
+    return _policy_class(name).from_config(options, tau=tau, block_size=block_size)
 
 
 def _empty_like_grid(image: Tensor, grid_shape, value: bool) -> Tensor:

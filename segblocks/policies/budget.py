@@ -16,12 +16,22 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-import torch
-from torch import Tensor
+from .masks import top_k_mask  # re-exported: callers import it from here
 
-__all__ = ["Budget", "AffineCost", "budget_count", "no_calibration", "top_k_mask"]
+__all__ = [
+    "Budget",
+    "AffineCost",
+    "CostModel",
+    "budget_count",
+    "default_cost_model",
+    "no_calibration",
+    "register_cost_model",
+    "top_k_mask",
+]
 
 UNITS = ("fraction", "blocks", "gmacs", "ms")
 _SUFFIX = {"%": "percent", "blocks": "blocks", "block": "blocks", "gmacs": "gmacs", "ms": "ms"}
@@ -94,6 +104,40 @@ class AffineCost:
         return self.base + self.per_block * k
 
 
+class CostModel(Protocol):
+    """What converts a budget in GMACs or ms into a block count: the cost of one ``hp x wp``
+    (padded) image as ``base + per_block * k``. A SegBlocks model is given one per unit
+    (``model.mac_cost_model``: :class:`segblocks.measuring.macs.MacCostModel`;
+    ``model.latency_calibration``: :class:`segblocks.measuring.calibrate.LatencyCalibration`)."""
+
+    def cost(self, hp: int, wp: int, block_size: int) -> AffineCost: ...
+
+
+# unit -> factory(model) of the cost model a SegBlocks model uses when none was given. Filled
+# by the layer that can count (``import segblocks`` registers the exact MAC counter of
+# ``segblocks.measuring.macs``), so that models/ need not import measuring/.
+_DEFAULT_COST_MODELS: dict[str, Callable[[object], CostModel]] = {}
+
+
+def register_cost_model(unit: str, factory: Callable[[object], CostModel]) -> None:
+    """Make ``factory(model)`` the default cost model of budgets in ``unit`` (``"gmacs"``)."""
+    if unit not in UNITS:
+        raise ValueError(f"budget unit {unit!r} must be one of {', '.join(UNITS)}")
+    _DEFAULT_COST_MODELS[unit] = factory
+
+
+def default_cost_model(unit: str, model) -> CostModel:
+    """The registered default cost model of ``unit`` for ``model`` (see
+    :func:`register_cost_model`); raises ``ValueError`` when there is none."""
+    factory = _DEFAULT_COST_MODELS.get(unit)
+    if factory is None:
+        raise ValueError(
+            f"no cost model for budgets in {unit}: set model.mac_cost_model = "
+            "segblocks.measuring.MacCostModel(model), or give the budget as a fraction"
+        )
+    return factory(model)
+
+
 def no_calibration() -> ValueError:
     """The error of a budget in ms without a latency calibration (CLI and Python users)."""
     return ValueError(
@@ -139,22 +183,3 @@ def budget_count(budget: Budget, num_blocks: int, cost: AffineCost | None = None
         return num_blocks
     k = math.floor((budget.value - cost.base) / cost.per_block + 1e-9)
     return max(0, min(num_blocks, k))
-
-
-def top_k_mask(scores: Tensor, k: int | Tensor) -> Tensor:
-    """``[N, GH, GW]`` bool: the ``k`` highest-scoring blocks of each image (ties: the lower
-    index first, so the result is deterministic). ``k`` is an int or an int tensor ``[N]`` (one
-    count per image, as an exported program takes it)."""
-    N = scores.shape[0]
-    flat = scores.reshape(N, -1).float()
-    if isinstance(k, Tensor):
-        # each block's rank in its image's order, compared with that image's k
-        order = torch.sort(flat, dim=1, descending=True, stable=True).indices
-        ranks = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
-        rank = torch.empty_like(order).scatter_(1, order, ranks)
-        return (rank < k.view(-1, 1).to(rank.device)).view(scores.shape)
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    if k > 0:
-        order = torch.sort(flat, dim=1, descending=True, stable=True).indices
-        mask.scatter_(1, order[:, :k], True)
-    return mask.view(scores.shape)

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Policy, PolicyOutput, register_policy
+from ..blocks.macs import macs_per_output_element
+from .base import Policy, PolicyConfigError, PolicyOutput, register_policy
 
 __all__ = ["LearnedPolicy", "conv_stack_macs"]
 
@@ -45,8 +46,9 @@ def conv_stack_macs(modules, h: int, w: int) -> int:
 
     Conv2d layers cost ``H_out * W_out * C_out * C_in / groups * kh * kw`` (bias and
     element-wise layers are not counted, as in the paper); Linear layers ``in * out`` per
-    position. Output sizes follow the conv arithmetic
-    ``floor((h + 2p - d (k - 1) - 1) / s) + 1``; other modules must keep the size.
+    position (:func:`segblocks.blocks.macs.macs_per_output_element` per output element).
+    Output sizes follow the conv arithmetic ``floor((h + 2p - d (k - 1) - 1) / s) + 1``; other
+    modules must keep the size.
     """
     total = 0
     for m in modules:
@@ -57,9 +59,9 @@ def conv_stack_macs(modules, h: int, w: int) -> int:
             (ph, pw), (dh, dw) = _pair(m.padding), _pair(m.dilation)
             h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
             w = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-            total += h * w * m.out_channels * (m.in_channels // m.groups) * kh * kw
+            total += h * w * m.out_channels * macs_per_output_element(m)
         elif isinstance(m, nn.Linear):
-            total += m.in_features * m.out_features
+            total += m.out_features * macs_per_output_element(m)
     return total
 
 
@@ -131,6 +133,24 @@ class LearnedPolicy(Policy):
         mods.append(last)
         self.net = nn.Sequential(*mods)
         self.reset_logit(self.init_tau)
+
+    @classmethod
+    def config_kwargs(cls, options=None, *, tau=None, block_size=None) -> dict:
+        """``options`` with the run's ``block_size`` filled in; a different ``block_size``
+        option is an error. The run's ``tau`` is not used (it is the loss's target; the net
+        starts at its own ``init_tau``)."""
+        kw = dict(options or {})
+        if block_size is not None:
+            if kw.get("block_size", block_size) != block_size:
+                raise PolicyConfigError(
+                    cls.name,
+                    "block_size",
+                    kw["block_size"],
+                    f"differs from block_size {block_size}",
+                    "remove it (the block size is filled in)",
+                )
+            kw["block_size"] = block_size
+        return kw
 
     def reset_logit(self, init_tau: float) -> None:
         """Re-initialise the logit layer so that every block starts with ``p ~ init_tau``."""

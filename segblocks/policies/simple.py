@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .base import (
     Policy,
+    PolicyConfigError,
     PolicyOutput,
     _empty_like_grid,
     block_side,
@@ -15,6 +16,7 @@ from .base import (
     num_hr_blocks,
     register_policy,
 )
+from .masks import top_k_mask
 
 __all__ = ["Dense", "AllHR", "AllLR", "FixedMask", "RandomPolicy", "HeuristicPolicy"]
 
@@ -93,6 +95,20 @@ class FixedMask(Policy):
             raise ValueError(f"mask has shape {tuple(m.shape)}; expected [GH, GW] or [N, GH, GW]")
         self.register_buffer("mask", m.clone(), persistent=False)
 
+    @classmethod
+    def config_kwargs(cls, options=None, *, tau=None, block_size=None) -> dict:
+        """``options``, which must hold the ``mask`` (nothing is filled in)."""
+        kw = dict(options or {})
+        if "mask" not in kw:
+            raise PolicyConfigError(
+                cls.name,
+                None,
+                kw,
+                "needs a mask for policy fixed",
+                "e.g. policy_kwargs.mask=[[1, 0]]",
+            )
+        return kw
+
     def decide(self, image, grid_shape):
         m = self.mask
         N = image.shape[0]
@@ -132,19 +148,24 @@ class RandomPolicy(Policy):
         if seed is not None:
             self.generator = torch.Generator().manual_seed(int(seed))
 
+    @classmethod
+    def config_kwargs(cls, options=None, *, tau=None, block_size=None) -> dict:
+        """``options`` with the run's ``tau`` filled in unless they set ``tau``."""
+        kw = dict(options or {})
+        if tau is not None and "tau" not in kw:
+            kw["tau"] = tau
+        return kw
+
     def decide(self, image, grid_shape):
         N = image.shape[0]
         B = grid_shape[0] * grid_shape[1]
         k = num_hr_blocks(self.tau, B)
-        # Random keys on the CPU (the generator's device), ranks -> the k smallest keys are HR.
+        # Random keys on the CPU (the generator's device); the k smallest keys are HR.
         keys = torch.rand(N, B, generator=self.generator)
-        order = keys.argsort(dim=1)
-        flat = torch.zeros(N, B, dtype=torch.bool)
-        flat.scatter_(1, order[:, :k], True)
-        mask = flat.view(N, *grid_shape).to(image.device)
+        scores = (-keys).view(N, *grid_shape)  # the k smallest keys rank first
+        mask = top_k_mask(scores, k).to(image.device)
         probs = torch.full(mask.shape, k / B, device=image.device, dtype=torch.float32)
-        scores = (-keys).view(N, *grid_shape).to(image.device)  # the k smallest keys rank first
-        return PolicyOutput.from_mask(mask, probs=probs, scores=scores)
+        return PolicyOutput.from_mask(mask, probs=probs, scores=scores.to(image.device))
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, seed={self.seed}"
@@ -162,8 +183,9 @@ class HeuristicPolicy(Policy):
     averaged over channels and pixels of the (normalised) image, i.e. the detail that
     low-resolution processing of the block would lose. A block is high-res where
     ``C_b > threshold``, or, with ``tau``, the ``num_hr_blocks(tau, B)`` blocks of largest
-    ``C_b`` in each image are (ties broken by ``torch.topk``). Exactly one of ``threshold`` /
-    ``tau`` must be given; the threshold is in units of the normalised image.
+    ``C_b`` in each image are (:func:`~segblocks.policies.masks.top_k_mask`; ties: the lower
+    block index first). Exactly one of ``threshold`` / ``tau`` must be given; the threshold is
+    in units of the normalised image.
     """
 
     def __init__(self, threshold: float | None = None, tau: float | None = None):
@@ -176,6 +198,17 @@ class HeuristicPolicy(Policy):
             )
         self.threshold = None if threshold is None else float(threshold)
         self.tau = None if tau is None else check_tau(tau)
+
+    @classmethod
+    def config_kwargs(cls, options=None, *, tau=None, block_size=None) -> dict:
+        """``options`` with the run's ``tau`` filled in unless they set ``tau`` or
+        ``threshold``; setting both (not ``None``) is an error."""
+        kw = dict(options or {})
+        if kw.get("tau") is not None and kw.get("threshold") is not None:
+            raise PolicyConfigError(cls.name, None, kw, "sets both tau and threshold", "keep one")
+        if tau is not None and "tau" not in kw and "threshold" not in kw:
+            kw["tau"] = tau
+        return kw
 
     @staticmethod
     def complexity(image: Tensor, grid_shape) -> Tensor:
@@ -195,13 +228,7 @@ class HeuristicPolicy(Policy):
         if self.threshold is not None:
             mask = c > self.threshold
         else:
-            N = c.shape[0]
-            flat_c = c.flatten(1)
-            k = num_hr_blocks(self.tau, flat_c.shape[1])
-            flat = torch.zeros_like(flat_c, dtype=torch.bool)
-            if k:
-                flat.scatter_(1, flat_c.topk(k, dim=1).indices, True)
-            mask = flat.view(N, *grid_shape)
+            mask = top_k_mask(c, num_hr_blocks(self.tau, grid_shape[0] * grid_shape[1]))
         return PolicyOutput.from_mask(mask, scores=c)
 
     def extra_repr(self) -> str:

@@ -3,7 +3,7 @@ REINFORCE loss (:mod:`.losses`) and the training loop with resume and DDP (:mod:
 
 from .config import TrainConfig, load_config
 from .losses import HybridLoss, bootstrapped_cross_entropy
-from .trainer import load_segblocks, train
+from .trainer import train
 
 __all__ = [
     "TrainConfig",
@@ -11,5 +11,4 @@ __all__ = [
     "HybridLoss",
     "bootstrapped_cross_entropy",
     "train",
-    "load_segblocks",
 ]

@@ -50,12 +50,9 @@ __all__ = [
     "packaged_configs",
     "packaged_config_path",
     "check_resume_config",
-    "DATASETS",
     "RUN_KEYS",
     "FIXED_ON_RESUME",
 ]
-
-DATASETS = ("procedural", "camvid", "cityscapes", "mapillary")
 
 #: keys a resumed run may change freely (how the run is executed, not what it computes)
 RUN_KEYS = (
@@ -67,6 +64,7 @@ RUN_KEYS = (
     "log_every",
     "device",
     "eval_at_end",
+    "eval_every",
     "eval_batch_size",
     "find_unused_parameters",
     "tensorboard",
@@ -99,7 +97,8 @@ class TrainConfig:
             halo of a low-res block from high-res neighbours (``avg``, paper default;
             ``strided``; ``zero``: no neighbour information, paper Table 9).
     Data:
-        dataset: one of ``procedural``, ``camvid``, ``cityscapes``, ``mapillary``.
+        dataset: one of ``procedural``, ``camvid``, ``cityscapes``, ``mapillary`` (the
+            names of :func:`segblocks.data.list_datasets`).
         data_root: dataset folder (required by all but ``procedural``).
         dataset_kwargs: constructor arguments for both splits (``procedural``: ``num_images``,
             ``height``, ``width``, ``seed``; ``mapillary``: ``size``; all real datasets:
@@ -123,7 +122,9 @@ class TrainConfig:
         resume (continue from ``out_dir/last.pt`` if it exists; the stored config must match,
         see :func:`check_resume_config`), overwrite (replace the run in a non-empty
         ``out_dir``), allow_config_change (keys a resumed run may change, e.g. ``[epochs]``),
-        eval_at_end (mIoU on the validation split after training), eval_batch_size,
+        eval_at_end (mIoU on the validation split after training), eval_every (also validate
+        after every ``eval_every``-th epoch, 0: never; ``log.csv`` and the checkpoint's
+        history hold the results: the training curve), eval_batch_size,
         find_unused_parameters (DDP), tensorboard (write TensorBoard events if
         ``torch.utils.tensorboard`` imports).
     """
@@ -172,6 +173,7 @@ class TrainConfig:
     overwrite: bool = False
     allow_config_change: list = field(default_factory=list)
     eval_at_end: bool = True
+    eval_every: int = 0
     eval_batch_size: int = 1
     find_unused_parameters: bool = False
     tensorboard: bool = True
@@ -418,7 +420,9 @@ _POLICY_CHECKS = {
 
 
 def _check_policy_kwargs(cfg: TrainConfig) -> None:
-    from ..policies import POLICIES
+    """Keys and values of ``policy_kwargs``, then the policy's own check of them against the
+    run (:meth:`~segblocks.policies.Policy.config_kwargs`: e.g. ``learned``'s block size)."""
+    from ..policies import POLICIES, PolicyConfigError
 
     pk = cfg.policy_kwargs = dict(_mapping("policy_kwargs", cfg.policy_kwargs))
     cls = POLICIES[cfg.policy]
@@ -427,30 +431,17 @@ def _check_policy_kwargs(cfg: TrainConfig) -> None:
     for name, check in _POLICY_CHECKS.get(cfg.policy, {}).items():
         if name in pk:
             pk[name] = check(f"policy_kwargs.{name}", pk[name])
-    if cfg.policy == "learned" and pk.get("block_size", cfg.block_size) != cfg.block_size:
-        raise _bad(
-            "policy_kwargs.block_size",
-            pk["block_size"],
-            f"differs from block_size {cfg.block_size}",
-            "remove it (the block size is filled in)",
-        )
-    if cfg.policy == "heuristic" and pk.get("tau") is not None and pk.get("threshold") is not None:
-        raise _bad("policy_kwargs", pk, "sets both tau and threshold", "keep one")
-    if cfg.policy == "fixed" and "mask" not in pk:
-        raise _bad(
-            "policy_kwargs", pk, "needs a mask for policy fixed", "e.g. policy_kwargs.mask=[[1, 0]]"
-        )
+    try:
+        cls.config_kwargs(pk, tau=cfg.tau, block_size=cfg.block_size)
+    except PolicyConfigError as e:
+        key = "policy_kwargs" if e.key is None else f"policy_kwargs.{e.key}"
+        raise _bad(key, e.value, e.why, e.fix) from None
 
 
 def _dataset_keys(name: str) -> tuple[str, ...]:
-    from ..data import CamVid, Cityscapes, MapillaryVistas, ProceduralStreets
+    from ..data import get_dataset_class
 
-    cls = {
-        "procedural": ProceduralStreets,
-        "camvid": CamVid,
-        "cityscapes": Cityscapes,
-        "mapillary": MapillaryVistas,
-    }[name]
+    cls = get_dataset_class(name)
     return _signature_keys(cls.__init__, exclude=("root", "split", "transform")) or ()
 
 
@@ -481,6 +472,7 @@ def _round_up(v: int, m: int) -> int:
 
 def _validate(cfg: TrainConfig) -> None:
     from ..blocks.pad import PAD_MODES
+    from ..data import dataset_needs_root, list_datasets
     from ..models.registry import list_models
     from ..policies import POLICIES
 
@@ -517,9 +509,9 @@ def _validate(cfg: TrainConfig) -> None:
         )
 
     # data
-    _choice("dataset", cfg.dataset, DATASETS)
+    _choice("dataset", cfg.dataset, list_datasets())
     cfg.data_root = _text("data_root", cfg.data_root, none_ok=True)
-    if cfg.dataset != "procedural" and cfg.data_root is None:
+    if dataset_needs_root(cfg.dataset) and cfg.data_root is None:
         raise ConfigError(
             f"config key 'data_root': dataset {cfg.dataset} needs data_root (the dataset "
             f"folder); e.g. data_root=/data/{cfg.dataset}, or dataset=procedural for the "
@@ -590,6 +582,7 @@ def _validate(cfg: TrainConfig) -> None:
             "out_dir, overwrite replaces it; set one of them"
         )
     cfg.eval_batch_size = _int("eval_batch_size", cfg.eval_batch_size, lo=1, example=1)
+    cfg.eval_every = _int("eval_every", cfg.eval_every, lo=0, example=5)
     acc = cfg.allow_config_change
     if not isinstance(acc, (list, tuple)):
         raise _bad("allow_config_change", acc, "must be a list of config keys", "e.g. [epochs]")

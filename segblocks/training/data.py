@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from ..data import CamVid, Cityscapes, MapillaryVistas, ProceduralStreets
+from ..data import create_dataset, dataset_needs_root
 from ..data import transforms as T
 from .config import TrainConfig
 
@@ -76,13 +76,11 @@ def make_dataset(cfg: TrainConfig, split: str, kwargs: dict):
     kwargs = dict(kwargs)
     if cfg.dataset == "procedural":
         kwargs.setdefault("num_images", 64)
-        return ProceduralStreets(split=split, **kwargs)
-    if not cfg.data_root:
+    if dataset_needs_root(cfg.dataset) and not cfg.data_root:
         raise ValueError(f"dataset {cfg.dataset!r} needs data_root (e.g. data_root=/data/...)")
-    cls = {"camvid": CamVid, "cityscapes": Cityscapes, "mapillary": MapillaryVistas}[cfg.dataset]
-    if "size" in kwargs and kwargs["size"] is not None:
+    if kwargs.get("size") is not None:
         kwargs["size"] = tuple(kwargs["size"])
-    return cls(cfg.data_root, split=split, **kwargs)
+    return create_dataset(cfg.dataset, cfg.data_root, split=split, **kwargs)
 
 
 def dataset_num_classes(ds) -> int:
@@ -92,7 +90,8 @@ def dataset_num_classes(ds) -> int:
 
 
 def build_datasets(cfg: TrainConfig, mean, std):
-    """``(train, val)`` :class:`AugmentedDataset` s; ``val`` is ``None`` without eval_at_end."""
+    """``(train, val)`` :class:`AugmentedDataset` s; ``val`` is ``None`` when the run never
+    validates (no ``eval_at_end``, no ``eval_every``)."""
     train_base = make_dataset(cfg, "train", cfg.dataset_kwargs)
     ignore = int(getattr(train_base, "ignore_index", 255))
     aug = []
@@ -110,7 +109,7 @@ def build_datasets(cfg: TrainConfig, mean, std):
     aug.append(T.Normalize(mean, std))
     train = AugmentedDataset(train_base, T.Compose(aug), cfg.seed)
     val = None
-    if cfg.eval_at_end:
+    if cfg.eval_at_end or cfg.eval_every:
         val_base = make_dataset(cfg, "val", {**cfg.dataset_kwargs, **cfg.val_kwargs})
         val = AugmentedDataset(val_base, T.Normalize(mean, std), cfg.seed)
     return train, val

@@ -1,4 +1,6 @@
-"""Training loop: :func:`train` runs the SegBlocks recipe from a :class:`TrainConfig`.
+"""The training loop: :func:`train` runs the SegBlocks recipe from a :class:`TrainConfig`
+through a :class:`Trainer` (build, resume, step) and its hooks (:mod:`.hooks`: validate,
+checkpoint, ``log.csv``, TensorBoard).
 
 Recipe (paper section 4): Adam, lr 4e-4 with a per-iteration cosine schedule to 1e-6, weight
 decay 1e-4, backbone lr and weight decay x 0.25 (the policy network trains with the head),
@@ -19,8 +21,10 @@ result of an uninterrupted run (bit-identical on CPU).
 
 Outputs in ``out_dir`` (rank 0 only): ``last.pt`` (written atomically every epoch; a
 ``segblocks.models`` checkpoint of the SwiftNet plus ``policy_state_dict`` and the training
-state; rebuild the SegBlocks model with :func:`load_segblocks`), ``log.csv``, ``config.yaml``,
-``metrics.json`` and TensorBoard events if ``torch.utils.tensorboard`` is importable.
+state; rebuild the SegBlocks model with ``SegBlocksModel.from_checkpoint``), ``log.csv``,
+``config.yaml``, ``metrics.json`` and TensorBoard events if ``torch.utils.tensorboard`` is
+importable. ``eval_every: k`` validates after every k-th epoch as well (the training curve, in
+``log.csv`` and the checkpoint's ``history``).
 
 Safety: a non-empty ``out_dir`` is refused unless ``resume=true`` (continue the run) or
 ``overwrite=true`` (delete its ``last.pt``, ``log.csv``, ``config.yaml``, ``metrics.json`` and
@@ -38,65 +42,38 @@ DDP: under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set) the process group is ini
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
-import os
-import random
-import shutil
-import socket
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: no out_dir lock
-    fcntl = None
-
-import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from ..data import transforms as T
-from ..errors import (
-    CheckpointError,
-    ConfigError,
-    OutputDirError,
-    SegBlocksError,
-    TrainingInterrupted,
-)
-from ..evaluation.metrics import ConfusionMatrix
-from ..models import create_model, load_checkpoint, save_checkpoint
-from ..models.checkpoint import (
-    load_state_dict_checked,
-    model_from_checkpoint,
-    remove_stale_temp_files,
-)
+from ..errors import CheckpointError, ConfigError, SegBlocksError
+from ..evaluation.loop import autocast
+from ..models import create_model, load_checkpoint
+from ..models.checkpoint import load_state_dict_checked
 from ..models.segblocks_model import SegBlocksModel
+from ..policies import policy_kwargs_from_config
 from .config import TrainConfig, check_resume_config
 from .data import EpochSampler, build_datasets, dataset_num_classes, make_dataset
+from .distributed import setup_distributed
+from .hooks import CheckpointHook, CSVLogHook, EvalHook, HookBase, TensorBoardHook
 from .losses import HybridLoss
+from .rng import seed_all, set_rng_state
+from .run_dir import CHECKPOINT_NAME, RunProgress, claim_out_dir, clear_run, release_lock
 
-__all__ = [
-    "train",
-    "load_segblocks",
-    "build_model",
-    "build_optimizer",
-    "cosine_factor",
-    "CSV_FIELDS",
-]
+__all__ = ["train", "Trainer", "build_model", "build_optimizer", "cosine_factor"]
 
-CSV_FIELDS = ("epoch", "iter", "loss", "task_loss", "policy_loss", "hr_fraction", "lr")
-CHECKPOINT_NAME = "last.pt"
-LOCK_NAME = "train.lock"
-#: what ``overwrite=true`` deletes from ``out_dir`` (other files are left alone)
-RUN_OUTPUTS = (CHECKPOINT_NAME, "log.csv", "config.yaml", "metrics.json", "tb")
+#: the per-step values a training step reports (and ``log.csv`` averages over a window)
+STEP_VALUES = ("loss", "task_loss", "policy_loss", "hr_fraction")
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,10 +82,9 @@ RUN_OUTPUTS = (CHECKPOINT_NAME, "log.csv", "config.yaml", "metrics.json", "tb")
 
 
 def _policy_kwargs(cfg: TrainConfig) -> dict:
-    pk = dict(cfg.policy_kwargs)
-    if cfg.policy in ("random", "heuristic") and "tau" not in pk and "threshold" not in pk:
-        pk["tau"] = cfg.tau
-    return pk
+    """The policy's constructor arguments in this run (the policy fills in ``tau``; the
+    model fills in the block size)."""
+    return policy_kwargs_from_config(cfg.policy, cfg.policy_kwargs, tau=cfg.tau)
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> SegBlocksModel:
@@ -164,355 +140,15 @@ def cosine_factor(step: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def load_segblocks(path, map_location="cpu") -> SegBlocksModel:
-    """Rebuild the trained :class:`SegBlocksModel` (eval mode) from a trainer checkpoint.
-
-    The model also gets ``dataset`` (the training dataset's name, ``None`` if unknown) and
-    ``class_names`` (list, or ``None``) attributes. Unreadable or unfitting files raise
-    :class:`~segblocks.errors.CheckpointError`.
-    """
-    ckpt = load_checkpoint(path, map_location=map_location)
-    net = model_from_checkpoint(ckpt, path, map_location=map_location)
-    sb = ckpt.get("segblocks") or {}
-    try:
-        model = SegBlocksModel(
-            net,
-            sb.get("policy", "all_hr"),
-            sb.get("block_size", 128),
-            pad_mode=sb.get("pad_mode", "avg"),
-            **(sb.get("policy_kwargs") or {}),
-        )
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(
-            f"checkpoint {path}: cannot rebuild its SegBlocks model ({e})"
-        ) from None
-    if ckpt.get("policy_state_dict"):
-        load_state_dict_checked(model.policy, ckpt["policy_state_dict"], path, "policy weights")
-    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    model.dataset = sb.get("dataset") or config.get("dataset")
-    classes = sb.get("classes")
-    model.class_names = list(classes) if classes else None
-    if map_location is not None and not callable(map_location):
-        model.to(map_location)
-    return model.eval()
-
-
 # --------------------------------------------------------------------------------------------
-# RNG / distributed helpers
+# resume
 # --------------------------------------------------------------------------------------------
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [
-            np_state[0],
-            np_state[1].tolist(),
-            int(np_state[2]),
-            int(np_state[3]),
-            float(np_state[4]),
-        ],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    p = state["python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _setup_distributed(cfg: TrainConfig):
-    """``(rank, world_size, device, initialised_here)``."""
-    if cfg.device.startswith("cuda"):
-        index = int(cfg.device.split(":")[1]) if ":" in cfg.device else 0
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if index >= count:
-            raise ConfigError(
-                f"config key 'device': {cfg.device!r} but this machine has {count or 'no'} CUDA "
-                "device(s); use device=auto or device=cpu"
-            )
-    initialised_here = False
-    if dist.is_available() and not dist.is_initialized():
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1 and "RANK" in os.environ:
-            want_cuda = cfg.device.startswith("cuda") or (
-                cfg.device == "auto" and torch.cuda.is_available()
-            )
-            dist.init_process_group(backend="nccl" if want_cuda else "gloo")
-            initialised_here = True
-    distributed = dist.is_available() and dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    name = cfg.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and distributed:
-        name = f"cuda:{int(os.environ.get('LOCAL_RANK', rank % torch.cuda.device_count()))}"
-    device = torch.device(name)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return rank, world, device, initialised_here
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
-# --------------------------------------------------------------------------------------------
-# logging
-# --------------------------------------------------------------------------------------------
-
-
-class _Logger:
-    def __init__(self, out_dir: Path, enabled: bool, keep_epochs: int, tensorboard: bool):
-        self.enabled = enabled
-        self.path = out_dir / "log.csv"
-        self.writer = None
-        if not enabled:
-            return
-        rows = []
-        if keep_epochs > 0 and self.path.exists():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_epochs]
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(out_dir / "tb"))
-            except Exception:  # tensorboard not installed: CSV only
-                self.writer = None
-
-    def row(self, values: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(values)
-        if self.writer is not None:
-            step = int(values["iter"])
-            for k in CSV_FIELDS[2:]:
-                self.writer.add_scalar(f"train/{k}", float(values[k]), step)
-
-    def scalars(self, prefix: str, values: dict, step: int) -> None:
-        if self.writer is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self.writer.add_scalar(f"{prefix}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-# --------------------------------------------------------------------------------------------
-# evaluation
-# --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _autocast(device: torch.device, amp: bool):
-    """Autocast for ``amp``: float16 on CUDA, bfloat16 elsewhere (CPU); a no-op without amp."""
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp)
-
-
-def _evaluate(model, val, num_classes, cfg, device, rank, world) -> dict:
-    model.eval()
-    shard = Subset(val, list(range(rank, len(val), world)))
-    loader = DataLoader(shard, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
-    cm = ConfusionMatrix(num_classes, device=device)
-    hr = torch.zeros(2, dtype=torch.float64, device=device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for image, label in loader:
-            image, label = image.to(device), label.to(device)
-            with _autocast(device, cfg.amp):
-                out = model(image)
-            cm.update(out.logits.float(), label)
-            hr += torch.stack([out.hr_fraction.double().sum(), hr.new_tensor(len(image))])
-    cm.sync()
-    if world > 1:
-        dist.all_reduce(hr)
-    res = cm.compute()
-    return {
-        "miou": res["miou"],
-        "pixel_accuracy": res["pixel_accuracy"],
-        "iou": res["iou"],
-        "hr_fraction": (hr[0] / hr[1].clamp_min(1)).item(),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# training
-# --------------------------------------------------------------------------------------------
-
-
-def train(config: TrainConfig | dict) -> dict:
-    """Train (or resume) as configured; returns final metrics and output paths.
-
-    Returns:
-        ``{"epochs", "global_step", "train": {loss, task_loss, policy_loss, hr_fraction} of
-        the last epoch, "val": {miou, pixel_accuracy, iou, hr_fraction} or None,
-        "checkpoint", "log_csv", "out_dir", "resumed_from_epoch"}``.
-    """
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
-    cfg.validate()
-    cfg.check_trainable()
-    rank, world, device, initialised_here = _setup_distributed(cfg)
-    progress = _Progress(Path(cfg.out_dir) / CHECKPOINT_NAME, cfg.epochs)
-    lock = None
-    try:
-        lock = _claim_out_dir(cfg, rank, world)
-        return _train(cfg, rank, world, device, progress)
-    except KeyboardInterrupt:
-        raise progress.interrupted() from None
-    finally:
-        _release_lock(lock)
-        if initialised_here:
-            dist.destroy_process_group()
-
-
-class _Progress:
-    """How far a run got (for the Ctrl-C message)."""
-
-    def __init__(self, checkpoint: Path, epochs: int):
-        self.checkpoint, self.epochs = checkpoint, epochs
-        self.epoch: int | None = None  # running epoch, 1-based
-        self.saved = 0  # epoch held by the checkpoint
-
-    def interrupted(self) -> TrainingInterrupted:
-        where = (
-            f"in epoch {self.epoch} of {self.epochs}"
-            if self.epoch is not None
-            else "before the first epoch"
-        )
-        held = (
-            f"{self.checkpoint} holds epoch {self.saved}"
-            if self.saved
-            else f"no checkpoint written yet in {self.checkpoint.parent}"
-        )
-        return TrainingInterrupted(
-            f"training interrupted {where}; {held}: continue with resume=true",
-            epoch=self.epoch,
-            saved_epoch=self.saved,
-            checkpoint=self.checkpoint,
-            epochs=self.epochs,
-        )
-
-
-def _lock_out_dir(out_dir: Path):
-    """Take ``out_dir/train.lock`` (``fcntl.flock``) or raise naming the process holding it."""
-    if fcntl is None:
-        return None
-    f = open(out_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held until _release_lock
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = " ".join(f.read().split()) or "process unknown"
-        f.close()
-        raise OutputDirError(
-            f"out_dir {out_dir} is in use by another segblocks train ({holder}); wait for it "
-            "to finish or stop it, or choose another out_dir"
-        ) from None
-    f.seek(0)
-    f.truncate()
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n")
-    f.flush()
-    return f
-
-
-def _release_lock(f) -> None:
-    if f is None:
-        return
-    try:
-        f.seek(0)
-        f.truncate()
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-    except OSError:
-        pass
-    finally:
-        f.close()
-
-
-def _prepare_out_dir(cfg: TrainConfig, out_dir: Path):
-    """Create and lock ``out_dir``; refuse a non-empty one without resume / overwrite."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputDirError(f"out_dir {out_dir} is a file, not a folder; choose another out_dir")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputDirError(
-            f"cannot create out_dir {out_dir}: {e.strerror or e}; choose another out_dir"
-        ) from None
-    lock = _lock_out_dir(out_dir)
-    try:
-        remove_stale_temp_files(out_dir / CHECKPOINT_NAME)
-        others = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_NAME)
-        if others and not (cfg.resume or cfg.overwrite):
-            shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
-            raise OutputDirError(
-                f"out_dir {out_dir} is not empty ({shown}): continue that run with resume=true, "
-                "replace it with overwrite=true, or choose another out_dir"
-            )
-    except BaseException:
-        _release_lock(lock)
-        raise
-    return lock
-
-
-def _claim_out_dir(cfg: TrainConfig, rank: int, world: int):
-    """:func:`_prepare_out_dir` on rank 0; its error (if any) is raised on every rank."""
-    lock, err = None, None
-    if rank == 0:
-        try:
-            lock = _prepare_out_dir(cfg, Path(cfg.out_dir))
-        except SegBlocksError as e:
-            err = e
-    if world > 1:
-        box = [None if err is None else str(err)]
-        dist.broadcast_object_list(box, src=0)
-        if err is None and box[0] is not None:
-            err = OutputDirError(box[0])
-    if err is not None:
-        _release_lock(lock)
-        raise err
-    return lock
-
-
-def _clear_run(out_dir: Path) -> None:
-    """``overwrite=true``: delete the previous run's outputs (:data:`RUN_OUTPUTS`)."""
-    for name in RUN_OUTPUTS:
-        p = out_dir / name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
 
 
 _RESUME_HINT = "delete it to start over, or set resume=false overwrite=true"
 
 
-def _read_resume_checkpoint(cfg: TrainConfig, ckpt_path: Path) -> dict:
+def read_resume_checkpoint(cfg: TrainConfig, ckpt_path: Path) -> dict:
     """The checkpoint to resume from, checked against the requested config."""
     ckpt = load_checkpoint(ckpt_path, map_location="cpu", hint=_RESUME_HINT)
     need = ("policy_state_dict", "optimizer", "scheduler", "epoch", "global_step")
@@ -534,168 +170,189 @@ def _read_resume_checkpoint(cfg: TrainConfig, ckpt_path: Path) -> dict:
     return ckpt
 
 
-def _train(
-    cfg: TrainConfig, rank: int, world: int, device: torch.device, progress: _Progress
-) -> dict:
-    is_main = rank == 0
-    use_scaler = cfg.amp and device.type == "cuda"  # bfloat16 (CPU) needs no loss scaling
-    out_dir = Path(cfg.out_dir)
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    ckpt = None
-    if cfg.resume and ckpt_path.exists():
-        ckpt = _read_resume_checkpoint(cfg, ckpt_path)
-        progress.saved = int(ckpt["epoch"])
+# --------------------------------------------------------------------------------------------
+# the trainer
+# --------------------------------------------------------------------------------------------
 
-    # Same initial weights on every rank (DDP broadcasts rank 0's anyway).
-    _seed_all(cfg.seed)
-    train_base = make_dataset(cfg, "train", cfg.dataset_kwargs)
-    num_classes = int(cfg.num_classes or dataset_num_classes(train_base))
-    ignore_index = int(getattr(train_base, "ignore_index", 255))
-    model = build_model(cfg, num_classes).to(device)
-    mean = getattr(model.net, "input_mean", T.IMAGENET_MEAN)
-    std = getattr(model.net, "input_std", T.IMAGENET_STD)
-    train_ds, val_ds = build_datasets(cfg, mean, std)
 
-    base_sampler = DistributedSampler(
-        train_ds.base, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
-    )
-    sampler = EpochSampler(base_sampler)
-    loader = DataLoader(
-        train_ds,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    iters = len(loader)
-    if cfg.iters_per_epoch is not None:
-        iters = min(iters, int(cfg.iters_per_epoch))
-    if iters < 1:
-        raise ConfigError(
-            f"config key 'batch_size': {cfg.batch_size} is more than the {len(train_ds)} "
-            f"training image(s) over {world} process(es) give (no full batch); lower "
-            "batch_size or use more images"
+class Trainer:
+    """One training run: :meth:`__init__` builds it (data, model, optimiser, schedule, loss),
+    :meth:`resume` loads a checkpoint or the warm start, :meth:`step` is one optimisation
+    step, :meth:`fit` runs the epochs and calls the :attr:`hooks`.
+
+    Args:
+        cfg: the run's (validated) config.
+        rank, world, device: this process in the run (see :func:`.distributed.setup_distributed`).
+        progress: where the epoch reached is noted (for the Ctrl-C message).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        rank: int = 0,
+        world: int = 1,
+        device: torch.device | str = "cpu",
+        progress: RunProgress | None = None,
+    ):
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, torch.device(device)
+        self.is_main = rank == 0
+        self.out_dir = Path(cfg.out_dir)
+        self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
+        self.progress = progress or RunProgress(self.checkpoint_path, cfg.epochs)
+        self.use_scaler = cfg.amp and self.device.type == "cuda"  # bfloat16 needs no scaling
+
+        seed_all(cfg.seed)  # the same initial weights on every rank
+        self.train_base = make_dataset(cfg, "train", cfg.dataset_kwargs)
+        self.num_classes = int(cfg.num_classes or dataset_num_classes(self.train_base))
+        self.ignore_index = int(getattr(self.train_base, "ignore_index", 255))
+        self.model = build_model(cfg, self.num_classes).to(self.device)
+        mean = getattr(self.model.net, "input_mean", T.IMAGENET_MEAN)
+        std = getattr(self.model.net, "input_std", T.IMAGENET_STD)
+        self.train_ds, self.val_ds = build_datasets(cfg, mean, std)
+        self._build_loader()
+        self.optimizer = build_optimizer(cfg, self.model)
+        total = self.iters * cfg.epochs
+        min_ratio = float(cfg.min_lr) / float(cfg.lr) if cfg.lr else 0.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: cosine_factor(step, total, min_ratio)
         )
-    total_steps = iters * cfg.epochs
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_scaler)
+        self.criterion = HybridLoss(
+            cfg.tau,
+            gamma=cfg.gamma,
+            beta=cfg.beta,
+            criterion=cfg.criterion,
+            ignore_index=self.ignore_index,
+            block_size=cfg.block_size,
+        )
+        self.train_model = self.model
+        self.start_epoch = self.epoch = self.global_step = 0
+        self.history: list[dict] = []
+        self.val_metrics: dict | None = None
+        self.hooks: list[HookBase] = []
 
-    optimizer = build_optimizer(cfg, model)
-    min_ratio = float(cfg.min_lr) / float(cfg.lr) if cfg.lr else 0.0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_factor(step, total_steps, min_ratio)
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    criterion = HybridLoss(
-        cfg.tau,
-        gamma=cfg.gamma,
-        beta=cfg.beta,
-        criterion=cfg.criterion,
-        ignore_index=ignore_index,
-        block_size=cfg.block_size,
-    )
+    def _build_loader(self) -> None:
+        cfg = self.cfg
+        base = DistributedSampler(
+            self.train_ds.base,
+            num_replicas=self.world,
+            rank=self.rank,
+            shuffle=True,
+            seed=cfg.seed,
+        )
+        self.sampler = EpochSampler(base)
+        self.loader = DataLoader(
+            self.train_ds,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.iters = len(self.loader)
+        if cfg.iters_per_epoch is not None:
+            self.iters = min(self.iters, int(cfg.iters_per_epoch))
+        if self.iters < 1:
+            raise ConfigError(
+                f"config key 'batch_size': {cfg.batch_size} is more than the "
+                f"{len(self.train_ds)} training image(s) over {self.world} process(es) give "
+                "(no full batch); lower batch_size or use more images"
+            )
 
-    start_epoch, global_step, history = 0, 0, []
-    if ckpt is None and cfg.init_from:
-        init = load_checkpoint(cfg.init_from, map_location=device)
-        load_state_dict_checked(model.net, init["state_dict"], cfg.init_from, "network weights")
-    if ckpt is not None:
-        load_state_dict_checked(model.net, ckpt["state_dict"], ckpt_path, "network weights")
+    # ---------------------------------------------------------------------------- resume
+    def resume(self, ckpt: dict | None) -> None:
+        """Continue from ``ckpt`` (a trainer checkpoint: weights, optimiser, schedule, RNGs),
+        or without one start from ``init_from``'s network weights (or the backbone's)."""
+        cfg = self.cfg
+        if ckpt is None:
+            if cfg.init_from:
+                init = load_checkpoint(cfg.init_from, map_location=self.device)
+                load_state_dict_checked(
+                    self.model.net, init["state_dict"], cfg.init_from, "network weights"
+                )
+            seed_all(cfg.seed + self.rank)
+            return
+        path = self.checkpoint_path
+        load_state_dict_checked(self.model.net, ckpt["state_dict"], path, "network weights")
         load_state_dict_checked(
-            model.policy, ckpt["policy_state_dict"], ckpt_path, "policy weights"
+            self.model.policy, ckpt["policy_state_dict"], path, "policy weights"
         )
         try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
             if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
+                self.scaler.load_state_dict(ckpt["scaler"])
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             first = " ".join((str(e).strip().splitlines() or [type(e).__name__])[0].split())
             raise CheckpointError(
-                f"cannot resume from {ckpt_path}: its optimizer state does not fit this run "
+                f"cannot resume from {path}: its optimizer state does not fit this run "
                 f"({first[:120]}); {_RESUME_HINT}"
             ) from None
-        start_epoch, global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
-        history = list(ckpt.get("history") or [])
+        self.start_epoch = self.epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.history = list(ckpt.get("history") or [])
         states = ckpt.get("rng_states") or []
-        if len(states) == world:
-            _set_rng_state(states[rank])
-        else:  # different world size: data order stays exact, policy sampling reseeded
-            _seed_all(cfg.seed + 1000 * start_epoch + rank)
-    else:
-        _seed_all(cfg.seed + rank)
+        if len(states) == self.world:
+            set_rng_state(states[self.rank])
+        else:  # another world size: the data order stays exact, policy sampling is reseeded
+            seed_all(cfg.seed + 1000 * self.start_epoch + self.rank)
 
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.find_unused_parameters,
-        )
-
-    if is_main and cfg.overwrite:
-        _clear_run(out_dir)
-    logger = _Logger(out_dir, is_main, start_epoch if cfg.resume else 0, cfg.tensorboard)
-    if is_main:
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    show_bar = is_main and sys.stderr.isatty()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        tqdm = None
-
-    def _save(done: int, states: list) -> None:
-        save_checkpoint(
-            model.net,
-            ckpt_path,
-            policy_state_dict=model.policy.state_dict(),
+    def state(self, rng_states: list) -> dict:
+        """What ``last.pt`` holds besides the network weights (for :meth:`resume` and
+        :meth:`SegBlocksModel.from_checkpoint`)."""
+        cfg = self.cfg
+        return dict(
+            policy_state_dict=self.model.policy.state_dict(),
             segblocks={
                 "policy": cfg.policy,
                 "policy_kwargs": _policy_kwargs(cfg),
                 "block_size": cfg.block_size,
                 "pad_mode": cfg.pad_mode,
                 "dataset": cfg.dataset,
-                "classes": [str(c) for c in getattr(train_base, "classes", ()) or ()],
+                "classes": [str(c) for c in getattr(self.train_base, "classes", ()) or ()],
             },
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict() if use_scaler else {},
-            epoch=done,
-            global_step=global_step,
-            rng_states=states,
-            sampler_epoch=done,
-            history=history,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.use_scaler else {},
+            epoch=self.epoch,
+            global_step=self.global_step,
+            rng_states=rng_states,
+            sampler_epoch=self.epoch,
+            history=self.history,
             config=cfg.to_dict(),
         )
-        progress.saved = done
 
-    epoch_means: dict = history[-1]["train"] if history else {}
-    for epoch in range(start_epoch, cfg.epochs):
-        progress.epoch = epoch + 1
-        sampler.set_epoch(epoch)
-        train_model.train()
-        bar = None
-        if tqdm is not None:
-            bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show_bar)
+    # ---------------------------------------------------------------------------- steps
+    def step(self, image, label) -> dict:
+        """One optimisation step on a batch; returns :data:`STEP_VALUES` as floats."""
+        image = image.to(self.device, non_blocking=True)
+        label = label.to(self.device, non_blocking=True)
+        with autocast(self.device, self.cfg.amp):
+            out = self.train_model(image)
+        res = self.criterion(out.logits.float(), label, out)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(res.loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.global_step += 1
+        return {
+            "loss": res.loss.item(),
+            "task_loss": res.task_loss.item(),
+            "policy_loss": res.policy_loss.item(),
+            "hr_fraction": res.hr_fraction.mean().item(),
+        }
+
+    def train_epoch(self, epoch: int) -> dict:
+        """Epoch ``epoch`` (0-based): the steps, a logged row every ``log_every`` steps (and
+        at the end); returns the epoch's mean :data:`STEP_VALUES`."""
+        cfg = self.cfg
+        self.sampler.set_epoch(epoch)
+        self.train_model.train()
+        bar = _bar(self.iters, f"epoch {epoch + 1}/{cfg.epochs}", self.is_main)
         sums, window, n_window = defaultdict(float), defaultdict(float), 0
-        for it, (image, label) in enumerate(itertools.islice(loader, iters)):
-            image = image.to(device, non_blocking=True)
-            label = label.to(device, non_blocking=True)
-            with _autocast(device, cfg.amp):
-                out = train_model(image)
-            res = criterion(out.logits.float(), label, out)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(res.loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            global_step += 1
-
-            vals = {
-                "loss": res.loss.item(),
-                "task_loss": res.task_loss.item(),
-                "policy_loss": res.policy_loss.item(),
-                "hr_fraction": res.hr_fraction.mean().item(),
-            }
+        for it, (image, label) in enumerate(itertools.islice(self.loader, self.iters)):
+            vals = self.step(image, label)
             for k, v in vals.items():
                 sums[k] += v
                 window[k] += v
@@ -703,46 +360,114 @@ def _train(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{vals['loss']:.3f}", hr=f"{vals['hr_fraction']:.2f}")
-            if n_window and (global_step % cfg.log_every == 0 or it == iters - 1):
-                row = {k: window[k] / n_window for k in vals}
-                lr = optimizer.param_groups[-1]["lr"]
-                logger.row({"epoch": epoch + 1, "iter": global_step, **row, "lr": lr})
+            if self.global_step % cfg.log_every == 0 or it == self.iters - 1:
+                row = {k: window[k] / n_window for k in STEP_VALUES}
+                row = {"epoch": epoch + 1, "iter": self.global_step, **row}
+                row["lr"] = self.optimizer.param_groups[-1]["lr"]
+                for h in self.hooks:
+                    h.log_row(self, row)
                 window, n_window = defaultdict(float), 0
         if bar is not None:
             bar.close()
-        epoch_means = {k: v / iters for k, v in sums.items()}
-        history.append({"epoch": epoch + 1, "train": epoch_means})
-        logger.scalars("epoch", epoch_means, epoch + 1)
+        return {k: v / self.iters for k, v in sums.items()}
 
-        # RNG states at the end of the epoch, of every rank (for an exact resume).
-        states = [_rng_state()]
-        if world > 1:
-            states = [None] * world
-            dist.all_gather_object(states, _rng_state())
-        if is_main:
-            _save(epoch + 1, states)
-        if world > 1:
-            dist.barrier()
+    def fit(self) -> dict:
+        """Run the remaining epochs with the hooks; returns :meth:`result`."""
+        for h in self.hooks:
+            h.before_train(self)
+        if self.world > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.cfg.find_unused_parameters,
+            )
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            self.progress.epoch = epoch + 1
+            means = self.train_epoch(epoch)
+            self.epoch = epoch + 1
+            self.history.append({"epoch": self.epoch, "train": means})
+            for h in self.hooks:
+                h.after_epoch(self)
+        for h in self.hooks:
+            h.after_train(self)
+        return self.result()
 
-    if cfg.epochs == 0 and is_main:  # init_from wrapped with this config's policy, untrained
-        _save(0, [_rng_state()])
+    def result(self) -> dict:
+        last = self.history[-1]["train"] if self.history else {}
+        return {
+            "epochs": self.cfg.epochs,
+            "global_step": self.global_step,
+            "train": last,
+            "val": self.val_metrics,
+            "checkpoint": str(self.checkpoint_path),
+            "log_csv": str(self.out_dir / "log.csv"),
+            "out_dir": str(self.out_dir),
+            "resumed_from_epoch": self.start_epoch if self.cfg.resume else None,
+        }
 
-    val_metrics = None
-    if val_ds is not None and len(val_ds) > 0:
-        val_metrics = _evaluate(model, val_ds, num_classes, cfg, device, rank, world)
-        logger.scalars("val", val_metrics, global_step)
-    logger.close()
 
-    result = {
-        "epochs": cfg.epochs,
-        "global_step": global_step,
-        "train": epoch_means,
-        "val": val_metrics,
-        "checkpoint": str(ckpt_path),
-        "log_csv": str(out_dir / "log.csv"),
-        "out_dir": str(out_dir),
-        "resumed_from_epoch": start_epoch if cfg.resume else None,
-    }
+def _bar(total: int, desc: str, is_main: bool):
+    """A tqdm bar on rank 0 when stderr is a terminal (``None`` without tqdm)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, desc=desc, disable=not (is_main and sys.stderr.isatty()))
+
+
+def default_hooks(cfg: TrainConfig, is_main: bool, keep_epochs: int) -> list[HookBase]:
+    """Validation, checkpoint, ``log.csv`` and (when configured) TensorBoard, in that order;
+    rank 0 writes the logs."""
+    out_dir = Path(cfg.out_dir)
+    hooks: list[HookBase] = [EvalHook(cfg.eval_every, cfg.eval_at_end), CheckpointHook()]
     if is_main:
-        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-    return result
+        hooks.append(CSVLogHook(out_dir / "log.csv", keep_epochs))
+        if cfg.tensorboard:
+            hooks.append(TensorBoardHook(out_dir / "tb"))
+    return hooks
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig | dict) -> dict:
+    """Train (or resume) as configured; returns final metrics and output paths.
+
+    Returns:
+        ``{"epochs", "global_step", "train": {loss, task_loss, policy_loss, hr_fraction} of
+        the last epoch, "val": {miou, pixel_accuracy, iou, hr_fraction} or None,
+        "checkpoint", "log_csv", "out_dir", "resumed_from_epoch"}``.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
+    cfg.validate()
+    cfg.check_trainable()
+    rank, world, device, initialised_here = setup_distributed(cfg)
+    out_dir = Path(cfg.out_dir)
+    progress = RunProgress(out_dir / CHECKPOINT_NAME, cfg.epochs)
+    lock = None
+    try:
+        lock = claim_out_dir(cfg, rank, world)
+        ckpt = None
+        if cfg.resume and (out_dir / CHECKPOINT_NAME).exists():
+            ckpt = read_resume_checkpoint(cfg, out_dir / CHECKPOINT_NAME)
+            progress.saved = int(ckpt["epoch"])
+        trainer = Trainer(cfg, rank, world, device, progress)
+        trainer.resume(ckpt)
+        if rank == 0:
+            if cfg.overwrite:
+                clear_run(out_dir)
+            (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        keep = trainer.start_epoch if cfg.resume else 0
+        trainer.hooks = default_hooks(cfg, rank == 0, keep)
+        result = trainer.fit()
+        if rank == 0:
+            (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        return result
+    except KeyboardInterrupt:
+        raise progress.interrupted() from None
+    finally:
+        release_lock(lock)
+        if initialised_here:
+            dist.destroy_process_group()

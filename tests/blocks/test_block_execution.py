@@ -30,6 +30,7 @@ from segblocks.blocks import (
     block_sample,
     dense_fallback,
 )
+from segblocks.blocks.fallback import dense_call
 
 from ._util import checkerboard, make_mask, rel_err
 from .reference import (
@@ -621,7 +622,7 @@ def test_dense_fallback_matches_reference():
     for ng in (False, True, True):
         with torch.set_grad_enabled(not ng):
             xb = sampler(x, mask)
-            for y in (wrapped(xb), dense_fallback(mod, xb)):
+            for y in (wrapped(xb), dense_fallback(mod, xb), dense_call(mod, xb)):
                 assert isinstance(y, BlockTensor)
                 assert y.side == 8
                 assert_close(y.hr, expected[0])
@@ -634,6 +635,8 @@ def test_dense_fallback_matches_reference():
             )
     # dense inputs pass straight through
     assert_close(wrapped(x), mod(x))
+    assert_close(dense_call(mod, x), mod(x))
+    assert "forward" not in mod.__dict__  # nothing is installed on the module
     # a size-keeping adaptive pool works too
     pool = DenseFallback(nn.AdaptiveAvgPool2d((16, 24)))
     assert_close(block_combine(pool(block_sample(x, mask, 8))), ref_combine(hr, lr, mask, 8))

@@ -54,9 +54,9 @@ def test_export_then_infer_with_the_program(ckpt, tmp_path, capsys):
     from segblocks.data.transforms import Normalize
     from segblocks.evaluation.infer import read_image
     from segblocks.models.inference import optimize_for_inference
-    from segblocks.training import load_segblocks
+    from segblocks.models.segblocks_model import SegBlocksModel
 
-    eager = optimize_for_inference(load_segblocks(ckpt), example_size=(128, 128))
+    eager = optimize_for_inference(SegBlocksModel.from_checkpoint(ckpt), example_size=(128, 128))
     x = read_image(imgs / "im0.png")
     x, _ = Normalize(model.input_mean, model.input_std)(x, torch.zeros(x.shape[-2:]).long())
     with torch.no_grad():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from segblocks.data.datasets import CamVid
-from segblocks.training import load_segblocks
+from segblocks.models.segblocks_model import SegBlocksModel
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = sorted((ROOT / "checkpoints" / "camvid").glob("*.pt"))
@@ -21,7 +21,7 @@ def test_checkpoint_rebuilds_its_model(path):
     floats = [v for v in ck["state_dict"].values() if v.is_floating_point()]
     assert all(v.dtype == torch.float16 for v in floats), "committed in half precision"
     assert path.stat().st_size < 12 * 2**20
-    model = load_segblocks(path)
+    model = SegBlocksModel.from_checkpoint(path)
     assert model.dataset == "camvid" and model.class_names == list(CamVid.classes)
     assert model.block_size == 32
     torch.manual_seed(0)

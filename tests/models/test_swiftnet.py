@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from segblocks.blocks import BlockTensor, DenseFallback, block_combine, block_sample
+from segblocks.blocks import BlockTensor, block_combine, block_sample
 from segblocks.models.registry import create_model
 from segblocks.models.swiftnet import SpatialPyramidPooling, SwiftNet
 
@@ -164,7 +164,7 @@ BLOCK_CASES = [
 
 @pytest.mark.parametrize("name,os_,dilate,bs", BLOCK_CASES)
 def test_block_mode_all_hr_matches_dense(name, os_, dilate, bs):
-    """Backbone + decoder + head on block tensors (SPP via DenseFallback) == dense, all-HR."""
+    """Backbone + decoder + head on block tensors (SPP via dense_call) == dense, all-HR."""
     pretrained = name == "swiftnet_effl1"  # packaged ImageNet weights: realistic activations
     model = create_model(
         name,
@@ -180,7 +180,7 @@ def test_block_mode_all_hr_matches_dense(name, os_, dilate, bs):
         ref = model.forward_features(x)
         feats = model.backbone(block_sample(x, mask, bs))
         assert all(isinstance(f, BlockTensor) for f in feats)
-        out = model.decode(feats, spp=DenseFallback(model.spp))
+        out = model.decode(feats)
         assert isinstance(out, BlockTensor)
         dense = block_combine(out)
     assert dense.shape == ref.shape
@@ -194,7 +194,7 @@ def test_block_mode_mixed_mask_runs(name):
     mask = torch.tensor([[[1, 0, 0, 1], [0, 1, 1, 0]], [[0, 0, 0, 0], [1, 0, 0, 0]]]).bool()
     with torch.no_grad():
         xb = block_sample(x, mask, 64)
-        out = model.decode(model.backbone(xb), spp=DenseFallback(model.spp))
+        out = model.decode(model.backbone(xb))
         dense = block_combine(out)
     assert out.side == 16 and out.hr.shape[0] == 5 and out.lr.shape[-1] == 8
     assert dense.shape == (2, 11, 32, 64) and torch.isfinite(dense).all()
@@ -211,9 +211,7 @@ def test_block_mode_training_gradients_match_dense():
     g_ref = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     mask = torch.ones(2, 1, 2, dtype=torch.bool)
-    out = block_combine(
-        model.decode(model.backbone(block_sample(x, mask, 64)), spp=DenseFallback(model.spp))
-    )
+    out = block_combine(model.decode(model.backbone(block_sample(x, mask, 64))))
     (out * w).sum().backward()
     assert rel_err(out, ref) < 1e-10
     gmax = max(float(g.norm()) for g in g_ref)

@@ -59,6 +59,65 @@ def test_dense_modules_run_densely_and_are_named():
         )
 
 
+class _Context(torch.nn.Module):
+    """Needs the whole map: pooling to a 2x2 grid has no block form."""
+
+    def forward(self, x):
+        return x + F.interpolate(F.adaptive_avg_pool2d(x, 2), size=x.shape[-2:], mode="nearest")
+
+
+class _Custom(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ctx = _Context()
+
+    def forward(self, x):
+        return self.ctx(x)
+
+
+@pytest.mark.parametrize("where", ["head.1", "head.1.0", "decoder"])
+def test_generic_dense_modules_are_called_through_dense_call(where):
+    """A listed module runs on the combined map wherever forward_logits can route it (a part,
+    or a child of Sequential containers); all-HR equals dense and nothing is patched."""
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU())
+    inner = torch.nn.Sequential(_Context())
+    head = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), inner, torch.nn.Conv2d(8, 4, 1))
+    dec = _Context() if where == "decoder" else None
+    if where == "decoder":
+        head = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(8, 4, 1))
+    net = SegmentationNet(
+        enc, head, dec, num_classes=4, output_stride=2, dense_modules={where: "2x2 pooling"}
+    ).eval()
+    keys = set(net.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = F.interpolate(
+            head((dec or torch.nn.Identity())(enc(x))), size=(32, 32), mode="bilinear"
+        )
+        assert torch.allclose(net(x), ref)
+        assert _rel(SegBlocksModel(net, "all_hr", 8)(x).logits, ref) <= 1e-5
+    assert set(net.state_dict()) == keys
+    assert not any("forward" in m.__dict__ for m in net.modules())
+    # without the declaration the same network cannot run in blocks
+    bare = SegmentationNet(enc, head, dec, num_classes=4, output_stride=2)
+    with pytest.raises(Exception, match="adaptive_avg_pool2d"), torch.no_grad():
+        SegBlocksModel(bare, "all_hr", 8)(x)
+
+
+def test_generic_dense_module_inside_a_custom_forward_is_refused():
+    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), _Custom())
+    head = torch.nn.Conv2d(8, 4, 1)
+    with pytest.raises(ValueError, match="'encoder.1' \\(_Custom\\) in its own forward"):
+        SegmentationNet(
+            enc, head, num_classes=4, output_stride=2, dense_modules={"encoder.1.ctx": "pool"}
+        )
+    with pytest.raises(ValueError, match="not under encoder, decoder, head"):
+        SegmentationNet(enc, head, num_classes=4, output_stride=2, dense_modules={"": "all"})
+    # the container itself is routable
+    SegmentationNet(enc, head, num_classes=4, output_stride=2, dense_modules={"encoder.1": "p"})
+
+
 def test_generic_wrapper_with_a_plain_module_and_errors():
     torch.manual_seed(0)
     enc = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU())

@@ -16,9 +16,11 @@ from segblocks.errors import (
     TrainingInterrupted,
 )
 from segblocks.models import load_checkpoint
+from segblocks.training import hooks as hooks_mod
 from segblocks.training import trainer as trainer_mod
 from segblocks.training.config import load_config
-from segblocks.training.trainer import LOCK_NAME, train
+from segblocks.training.run_dir import LOCK_NAME
+from segblocks.training.trainer import train
 
 from ..tiny import CONFIG, TINY
 
@@ -28,14 +30,14 @@ def cfg(out, *extra):
 
 
 def test_ctrl_c_names_the_checkpoint_and_releases_the_lock(tmp_path, monkeypatch):
-    real_save = trainer_mod.save_checkpoint
+    real_save = hooks_mod.save_checkpoint
 
     def save_or_interrupt(*args, **kwargs):
         if kwargs["epoch"] == 2:
             raise KeyboardInterrupt
         real_save(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_or_interrupt)
+    monkeypatch.setattr(hooks_mod, "save_checkpoint", save_or_interrupt)
     with pytest.raises(TrainingInterrupted) as e:
         train(cfg(tmp_path, "epochs=3"))
     err = e.value
@@ -44,7 +46,7 @@ def test_ctrl_c_names_the_checkpoint_and_releases_the_lock(tmp_path, monkeypatch
         f"training interrupted in epoch 2 of 3; {tmp_path / 'last.pt'} holds epoch 1: continue "
         "with resume=true"
     )
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(hooks_mod, "save_checkpoint", real_save)
     res = train(cfg(tmp_path, "epochs=3", "resume=true"))  # lock released, run continues
     assert res["resumed_from_epoch"] == 1 and load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
 

@@ -11,9 +11,10 @@ import torch
 
 import segblocks
 from segblocks.models import load_checkpoint
-from segblocks.training import trainer as trainer_mod
+from segblocks.models.segblocks_model import SegBlocksModel
+from segblocks.training import hooks as hooks_mod
 from segblocks.training.config import TrainConfig, load_config
-from segblocks.training.trainer import cosine_factor, load_segblocks, train
+from segblocks.training.trainer import cosine_factor, train
 
 from ..tiny import TINY
 
@@ -47,12 +48,15 @@ def test_smoke_train_writes_checkpoint_and_csv(tmp_path):
     )
     with open(tmp_path / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["iter"]) for r in rows] == [1, 2]
-    assert set(rows[0]) == set(trainer_mod.CSV_FIELDS)
-    assert all(math.isfinite(float(r["loss"])) for r in rows)
+    assert set(rows[0]) == set(hooks_mod.CSV_FIELDS)
+    *steps, val = rows  # a row per step (log_every 1), then the validation at the end
+    assert [int(r["iter"]) for r in steps] == [1, 2]
+    assert all(math.isfinite(float(r["loss"])) and r["val_miou"] == "" for r in steps)
     assert 0.0 <= res["val"]["miou"] <= 1.0
+    assert (val["epoch"], val["iter"], val["loss"]) == ("1", "2", "")
+    assert float(val["val_miou"]) == pytest.approx(res["val"]["miou"])
     # the checkpoint rebuilds the SegBlocks model
-    model = load_segblocks(tmp_path / "last.pt")
+    model = SegBlocksModel.from_checkpoint(tmp_path / "last.pt")
     out = model(torch.randn(1, 3, 128, 128))
     assert out.logits.shape == (1, 9, 128, 128) and out.grid.shape == (1, 2, 2)
 
@@ -66,7 +70,7 @@ def test_static_baseline_all_hr(tmp_path):
 def test_pad_mode_is_trained_and_restored(tmp_path):
     """pad_mode (the BlockPad ablation) reaches the model and comes back from the checkpoint."""
     train(tiny_config(tmp_path, "pad_mode=zero", "iters_per_epoch=1", "eval_at_end=false"))
-    assert load_segblocks(tmp_path / "last.pt").sample.pad_mode == "zero"
+    assert SegBlocksModel.from_checkpoint(tmp_path / "last.pt").sample.pad_mode == "zero"
 
 
 def test_amp_one_step_on_cpu(tmp_path):
@@ -90,17 +94,17 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     extra = ["epochs=2", "eval_at_end=false"]
     full = train(tiny_config(tmp_path / "full", *extra))
 
-    real_save = trainer_mod.save_checkpoint
+    real_save = hooks_mod.save_checkpoint
 
     def save_then_crash(*args, **kwargs):
         real_save(*args, **kwargs)
         if kwargs["epoch"] == 1:
             raise _Crash
 
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(hooks_mod, "save_checkpoint", save_then_crash)
     with pytest.raises(_Crash):
         train(tiny_config(tmp_path / "resumed", *extra))
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(hooks_mod, "save_checkpoint", real_save)
     torch.manual_seed(123)  # unrelated RNG use between the runs must not matter
     resumed = train(tiny_config(tmp_path / "resumed", *extra, "resume=true"))
     assert resumed["resumed_from_epoch"] == 1 and resumed["global_step"] == full["global_step"]
@@ -122,3 +126,23 @@ def test_resume_is_exact(tmp_path, monkeypatch):
             return list(csv.DictReader(f))
 
     assert rows(tmp_path / "full") == rows(tmp_path / "resumed")
+
+
+def test_eval_every_writes_the_training_curve_and_resumes_exactly(tmp_path, monkeypatch):
+    """eval_every=1: a validation after each epoch, in log.csv and the checkpoint's history;
+    validating in the middle of a run does not change it (the RNGs are restored), so the
+    curve run ends bit-identical to one that never validates."""
+    extra = ["epochs=2", "eval_at_end=true", "iters_per_epoch=1"]
+    curve = train(tiny_config(tmp_path / "curve", *extra, "eval_every=1"))
+    plain = train(tiny_config(tmp_path / "plain", *extra))
+    a = load_checkpoint(tmp_path / "curve" / "last.pt")
+    b = load_checkpoint(tmp_path / "plain" / "last.pt")
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert [h["epoch"] for h in a["history"] if "val" in h] == [1, 2]
+    assert curve["val"] == a["history"][-1]["val"]
+    assert curve["val"]["miou"] == pytest.approx(plain["val"]["miou"])
+    with open(tmp_path / "curve" / "log.csv", newline="") as f:
+        vals = [r for r in csv.DictReader(f) if r["val_miou"]]
+    assert [r["epoch"] for r in vals] == ["1", "2"]  # the final validation is epoch 2's
+    assert float(vals[0]["val_miou"]) == pytest.approx(a["history"][0]["val"]["miou"])
