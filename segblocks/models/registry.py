@@ -1,13 +1,19 @@
 """A small model registry: build models by name and remember how they were built.
 
+Registered: SwiftNet with timm backbones (``swiftnet_rn18``, ``swiftnet_rn50``,
+``swiftnet_effb0``, ``swiftnet_effl1``, ``swiftnet_mbv3``; :mod:`.swiftnet`) and torchvision's
+segmentation networks through the generic wrapper (``deeplabv3_resnet50``,
+``deeplabv3_mobilenet_v3_large``, ``fcn_resnet50``, ``lraspp_mobilenet_v3_large``;
+:mod:`.torchvision_nets`); :func:`register_model` adds your own.
+
 Models made by :func:`create_model` carry ``model.model_name`` and ``model.model_config`` (a
 copy of the keyword arguments), which is all :mod:`segblocks.models.checkpoint` needs to rebuild
 them from a checkpoint file.
 
 Example:
     >>> from segblocks.models.registry import create_model, list_models
-    >>> list_models()
-    ['swiftnet_effl1', 'swiftnet_rn18', 'swiftnet_rn50']
+    >>> len(list_models())
+    9
     >>> model = create_model("swiftnet_rn18", num_classes=19)
 """
 

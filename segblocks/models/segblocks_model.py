@@ -32,7 +32,7 @@ from ..blocks.extension import failure_reason
 from ..blocks.tracing import exporting
 from ..data.palettes import palette_for
 from ..errors import EXPORT_HINT, CheckpointError, ExportError
-from ..policies import Dense, Policy, policy_from_config
+from ..policies import Policy, policy_from_config
 from ..policies.budget import (
     AffineCost,
     Budget,
@@ -249,8 +249,9 @@ class SegBlocksModel(nn.Module):
 
     @property
     def dense(self) -> bool:
-        """``True`` with the ``dense`` policy: the plain network runs, no blocks."""
-        return isinstance(self.policy, Dense)
+        """``True`` when the policy selects dense execution (``policy.runs_blocks`` false, the
+        ``dense`` policy): the plain network runs, no blocks."""
+        return not self.policy.runs_blocks
 
     def pad_input(self, image: Tensor, hp: int, wp: int) -> Tensor:
         """``image [N, 3, H, W]`` padded bottom / right to ``[N, 3, hp, wp]`` (``input_pad``)."""

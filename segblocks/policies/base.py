@@ -108,6 +108,10 @@ class Policy(nn.Module):
 
     #: name under which :func:`create_policy` builds this policy
     name: str = ""
+    #: ``False`` for a policy that selects the dense execution mode of a SegBlocks model (the
+    #: plain network on the whole image, :class:`~segblocks.policies.Dense`) instead of
+    #: deciding blocks
+    runs_blocks: bool = True
 
     @classmethod
     def config_kwargs(

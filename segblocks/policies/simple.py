@@ -32,14 +32,15 @@ class AllHR(Policy):
 
 @register_policy("dense")
 class Dense(Policy):
-    """No block execution: :class:`~segblocks.models.segblocks_model.SegBlocksModel` runs the
-    plain network on the whole (padded) image, resized by ``scale`` first.
+    """Not a block decision but the static baseline's execution mode: with it
+    (``runs_blocks = False``), :class:`~segblocks.models.segblocks_model.SegBlocksModel` runs
+    the plain network on the whole (padded) image, resized by ``scale`` first, so that static
+    and dynamic models share the padding, cropping, training and evaluation code.
 
-    This is the static baseline. Its mask is all-HR (every pixel is processed, at the
-    network's input scale); ``scale < 1`` gives the static reduced-resolution network: the
-    image is resized by ``scale`` (bilinear, antialiased), the network runs on it and its
-    logits are upsampled back, so it trains and evaluates on the same full-resolution labels
-    as every other model.
+    Its mask is all-HR (every pixel is processed, at the network's input scale); ``scale < 1``
+    gives the static reduced-resolution network: the image is resized by ``scale`` (bilinear,
+    antialiased), the network runs on it and its logits are upsampled back, so it trains and
+    evaluates on the same full-resolution labels as every other model.
 
     Args:
         scale: input resize factor in (0, 2] (1 = full resolution).
@@ -52,6 +53,7 @@ class Dense(Policy):
             raise ValueError(f"dense policy scale {scale:g} must be in (0, 2]; 1 = full resolution")
         self.scale = scale
 
+    runs_blocks = False
     decide = AllHR.decide  # every pixel is processed (at the network's input scale)
 
     def scaled_size(self, h: int, w: int) -> tuple[int, int]:

@@ -471,12 +471,19 @@ def _round_up(v: int, m: int) -> int:
 
 
 def _validate(cfg: TrainConfig) -> None:
+    """Check (and normalise) every key of ``cfg``, section by section; the first problem
+    raises :class:`~segblocks.errors.ConfigError`."""
+    _validate_model(cfg)
+    _validate_data(cfg)
+    _validate_optimisation(cfg)
+    _validate_run(cfg)
+
+
+def _validate_model(cfg: TrainConfig) -> None:
     from ..blocks.pad import PAD_MODES
-    from ..data import dataset_needs_root, list_datasets
     from ..models.registry import list_models
     from ..policies import POLICIES
 
-    # model
     _choice("model", cfg.model, list_models())
     cfg.num_classes = _int("num_classes", cfg.num_classes, lo=1, none_ok=True, example=19)
     stride = _check_model_kwargs(cfg)
@@ -508,7 +515,10 @@ def _validate(cfg: TrainConfig) -> None:
             "set init_from=runs/NAME/last.pt, or epochs >= 1",
         )
 
-    # data
+
+def _validate_data(cfg: TrainConfig) -> None:
+    from ..data import dataset_needs_root, list_datasets
+
     _choice("dataset", cfg.dataset, list_datasets())
     cfg.data_root = _text("data_root", cfg.data_root, none_ok=True)
     if dataset_needs_root(cfg.dataset) and cfg.data_root is None:
@@ -540,7 +550,8 @@ def _validate(cfg: TrainConfig) -> None:
     cfg.jitter = _float("jitter", cfg.jitter, 0, 1, example=0.3)
     cfg.hflip = _bool("hflip", cfg.hflip)
 
-    # optimisation
+
+def _validate_optimisation(cfg: TrainConfig) -> None:
     cfg.batch_size = _int("batch_size", cfg.batch_size, lo=1, example=8)
     cfg.epochs = _int("epochs", cfg.epochs, lo=0, example=10)
     cfg.lr = _float("lr", cfg.lr, 0, lo_open=True, example=4e-4)
@@ -561,7 +572,8 @@ def _validate(cfg: TrainConfig) -> None:
         "iters_per_epoch", cfg.iters_per_epoch, lo=1, none_ok=True, example=100
     )
 
-    # run
+
+def _validate_run(cfg: TrainConfig) -> None:
     cfg.num_workers = _int("num_workers", cfg.num_workers, lo=0, hi=256, example=4)
     cfg.seed = _int("seed", cfg.seed, lo=0, hi=_MAX_SEED, example=0)
     cfg.out_dir = _text("out_dir", cfg.out_dir)

@@ -9,19 +9,7 @@ from segblocks.data import CLASSES, ProceduralStreets
 from segblocks.data.transforms import Normalize
 from segblocks.evaluation.evaluate import HIST_BINS, EvalResult, evaluate
 from segblocks.measuring.macs import count_macs_dense
-from segblocks.models import create_model
 from segblocks.models.segblocks_model import SegBlocksModel
-
-
-@pytest.fixture(scope="module")
-def net():
-    torch.manual_seed(0)
-    return create_model("swiftnet_rn18", num_classes=9).eval()
-
-
-@pytest.fixture(scope="module")
-def data():
-    return ProceduralStreets(4, 128, 256, split="val")
 
 
 def _eval(model, data, **kw):

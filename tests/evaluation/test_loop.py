@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from segblocks.data import ProceduralStreets
 from segblocks.data.transforms import Normalize
 from segblocks.evaluation.evaluate import evaluate
 from segblocks.evaluation.evaluators import DatasetEvaluator, SegmentationEvaluator
 from segblocks.evaluation.loop import inference_on_dataset
-from segblocks.models import create_model
 from segblocks.models.segblocks_model import SegBlocksModel
 from segblocks.training.config import load_config
 from segblocks.training.trainer import train
@@ -30,17 +28,6 @@ POLICIES = {
     "dense075": dict(policy="dense", scale=0.75),
     "all_hr": dict(policy="all_hr"),
 }
-
-
-@pytest.fixture(scope="module")
-def net():
-    torch.manual_seed(0)
-    return create_model("swiftnet_rn18", num_classes=9).eval()
-
-
-@pytest.fixture(scope="module")
-def data():
-    return ProceduralStreets(4, 128, 256, split="val")
 
 
 # MACs, HR shares and histograms follow from the masks and labels alone: exact. Scores come

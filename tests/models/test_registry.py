@@ -59,3 +59,8 @@ def test_register_custom_model_and_duplicates(monkeypatch):
 
     with pytest.raises(ValueError):
         register_model("")
+
+
+def test_the_registry_docstring_names_every_model():
+    shipped = [n for n in list_models() if not n.startswith("tiny_test")]
+    assert len(shipped) == 9 and all(f"``{n}``" in registry.__doc__ for n in shipped)
