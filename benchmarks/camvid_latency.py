@@ -78,6 +78,8 @@ from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
 )
 from camvid import MODELS, checkpoint_path  # noqa: E402
 
+MODELS_BY_NAME = {n for n, _, _ in MODELS}
+
 ROOT = Path(__file__).resolve().parents[1]
 FRAME = (360, 480)  # CamVid frames, H x W
 PADDED = (384, 480)  # padded to 32-px blocks by the models
@@ -251,7 +253,7 @@ class Row:
 
 
 def build_rows(args, ckpts: dict, frames: list, dtypes: list[str], log, guard) -> list[Row]:
-    labels = {n: lab for n, lab, _ in MODELS}
+    labels = {n: lab for n, lab, _ in MODELS} | {n: n for n in ckpts if n not in MODELS_BY_NAME}
     frames_960 = [
         F.interpolate(x, size=SIZE_960, mode="bilinear", align_corners=False) for x in frames
     ]
@@ -391,6 +393,14 @@ def parse_args(argv=None):
     )
     ap.add_argument("--models", nargs="+", help="subset of the model names")
     ap.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="an extra model row from a checkpoint file (repeatable; e.g. an ablation run: "
+        "ablation_pad_zero=runs/camvid/ablation_pad_zero/last.pt)",
+    )
+    ap.add_argument(
         "--dtype", default="fp32,bf16", help="comma-separated: fp32, bf16 (default both)"
     )
     ap.add_argument("--frames", type=int, help="val frames (default 8; quick 2)")
@@ -442,6 +452,14 @@ def parse_args(argv=None):
         bad = [m for m in args.models if m not in {n for n, _, _ in MODELS}]
         if bad:
             ap.error(f"--models: unknown {bad}; choose from {', '.join(n for n, _, _ in MODELS)}")
+    args.extra = {}
+    for spec in args.checkpoint:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            ap.error(f"--checkpoint {spec!r}: give NAME=PATH of an existing checkpoint file")
+        args.extra[name] = Path(path)
+    if args.extra and not args.models:
+        args.models = []  # only the named rows
     return args
 
 
@@ -493,8 +511,9 @@ def main(argv=None) -> int:
         )
         return 0
     root = Path(args.checkpoints)
-    wanted = [n for n, _, _ in MODELS if not args.models or n in args.models]
+    wanted = [n for n, _, _ in MODELS if args.models is None or n in args.models]
     found = {n: checkpoint_path(root, n) for n in wanted}
+    found.update(args.extra)
     missing = [n for n, path in found.items() if path is None]
     ckpts = {n: path for n, path in found.items() if path is not None}
     if missing:
