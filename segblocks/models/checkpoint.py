@@ -1,4 +1,6 @@
-"""Checkpoints that rebuild their model: ``save_checkpoint`` / ``load_model``.
+"""Model loading: checkpoints that rebuild their model (``save_checkpoint`` / ``load_model``
+for a network, ``SegBlocksModel.from_checkpoint`` for a trained SegBlocks model with its
+policy, dataset, class names and palette).
 
 A checkpoint is a ``torch.save``-d dict::
 
@@ -30,10 +32,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.palettes import palette_for
 from ..errors import CheckpointError
 from .registry import create_model
 
 __all__ = [
+    "segblocks_from_checkpoint",
     "save_checkpoint",
     "load_checkpoint",
     "load_model",
@@ -304,5 +308,43 @@ def model_from_checkpoint(
         and not callable(map_location)
         and not isinstance(map_location, dict)
     ):
+        model.to(map_location)
+    return model.eval()
+
+
+def segblocks_from_checkpoint(cls, path, map_location="cpu"):
+    """:meth:`SegBlocksModel.from_checkpoint <segblocks.models.segblocks_model.SegBlocksModel.
+    from_checkpoint>`: the trained model of a trainer checkpoint, ``cls`` being the
+    SegBlocks model class (passed in: this module sits below it)."""
+    ckpt = load_checkpoint(path, map_location=map_location)
+    net = model_from_checkpoint(ckpt, path, map_location=map_location)
+    sb = ckpt.get("segblocks") or {}
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    dataset = sb.get("dataset") or config.get("dataset")
+    classes = [str(c) for c in sb.get("classes") or ()] or None
+    num_classes = int(getattr(net, "num_classes", 0) or 0)
+    palette = sb.get("palette")
+    if palette is None and dataset and num_classes:
+        pal, _, what = palette_for(dataset, num_classes, classes)
+        palette = pal if what != "generic palette" else None
+    try:
+        model = cls(
+            net,
+            sb.get("policy", "all_hr"),
+            sb.get("block_size", 128),
+            pad_mode=sb.get("pad_mode", "avg"),
+            dataset=dataset,
+            class_names=classes,
+            palette=palette,
+            # the block size is the model's (a stored copy would collide with it)
+            **{k: v for k, v in (sb.get("policy_kwargs") or {}).items() if k != "block_size"},
+        )
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"checkpoint {path}: cannot rebuild its SegBlocks model ({e})"
+        ) from None
+    if ckpt.get("policy_state_dict"):
+        load_state_dict_checked(model.policy, ckpt["policy_state_dict"], path, "policy weights")
+    if map_location is not None and not callable(map_location):
         model.to(map_location)
     return model.eval()

@@ -30,8 +30,7 @@ from torch import Tensor, nn
 from ..blocks import BlockSample, BlockTensor, block_combine, kernels
 from ..blocks.extension import failure_reason
 from ..blocks.tracing import exporting
-from ..data.palettes import palette_for
-from ..errors import EXPORT_HINT, CheckpointError, ExportError
+from ..errors import EXPORT_HINT, ExportError
 from ..policies import Policy, policy_from_config
 from ..policies.budget import (
     AffineCost,
@@ -42,7 +41,7 @@ from ..policies.budget import (
     no_calibration,
     top_k_mask,
 )
-from .checkpoint import load_checkpoint, load_state_dict_checked, model_from_checkpoint
+from .checkpoint import segblocks_from_checkpoint
 from .generic import missing_protocol
 from .registry import create_model
 
@@ -185,38 +184,7 @@ class SegBlocksModel(nn.Module):
             >>> model = SegBlocksModel.from_checkpoint("checkpoints/camvid/segblocks_tau04.pt")
             >>> model.dataset, model.class_names[:2]      # 'camvid', ['sky', 'building']
         """
-        ckpt = load_checkpoint(path, map_location=map_location)
-        net = model_from_checkpoint(ckpt, path, map_location=map_location)
-        sb = ckpt.get("segblocks") or {}
-        config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-        dataset = sb.get("dataset") or config.get("dataset")
-        classes = [str(c) for c in sb.get("classes") or ()] or None
-        num_classes = int(getattr(net, "num_classes", 0) or 0)
-        palette = sb.get("palette")
-        if palette is None and dataset and num_classes:
-            pal, _, what = palette_for(dataset, num_classes, classes)
-            palette = pal if what != "generic palette" else None
-        try:
-            model = cls(
-                net,
-                sb.get("policy", "all_hr"),
-                sb.get("block_size", 128),
-                pad_mode=sb.get("pad_mode", "avg"),
-                dataset=dataset,
-                class_names=classes,
-                palette=palette,
-                # the block size is the model's (a stored copy would collide with it)
-                **{k: v for k, v in (sb.get("policy_kwargs") or {}).items() if k != "block_size"},
-            )
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(
-                f"checkpoint {path}: cannot rebuild its SegBlocks model ({e})"
-            ) from None
-        if ckpt.get("policy_state_dict"):
-            load_state_dict_checked(model.policy, ckpt["policy_state_dict"], path, "policy weights")
-        if map_location is not None and not callable(map_location):
-            model.to(map_location)
-        return model.eval()
+        return segblocks_from_checkpoint(cls, path, map_location)
 
     def with_policy(self, policy: Policy | str, **policy_kwargs) -> SegBlocksModel:
         """A model sharing this one's network (not a copy) with another policy, e.g.
