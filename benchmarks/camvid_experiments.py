@@ -9,8 +9,10 @@ One command trains what is missing, evaluates every run on ``val`` and writes th
 Runs (:data:`RUNS`): a packaged config (``segblocks/configs/camvid/NAME.yaml``) plus overrides
 (e.g. ``seed=1``). A run's checkpoint is ``checkpoints/camvid/NAME.pt`` (committed, half
 precision) or ``runs/camvid/NAME/last.pt`` (trained here); ``--train`` trains the runs that have
-neither, one after the other (``segblocks train``, ~15-25 min each on a 2-core CPU), and skips
-the others. Every model is evaluated on the 101 ``val`` frames in float32 (mIoU, GMACs with the
+neither and no results in the JSON, one after the other (``segblocks train``, ~15-25 min each
+on a 2-core CPU), and skips the others. The ablation checkpoints are not shipped (the
+repository keeps the checkpoints of the main tables under 100 MiB); their results stay in the
+JSON. Every model is evaluated on the 101 ``val`` frames in float32 (mIoU, GMACs with the
 policy, % HR blocks, % of the pixels of thin classes in HR blocks); results are kept in the JSON
 and reused while the checkpoint is unchanged (its size and modification time).
 
@@ -122,11 +124,12 @@ def _stamp(path: Path) -> str:
     return f"{st.st_size}:{int(st.st_mtime)}"
 
 
-def train_missing(names: list[str], log) -> None:
-    """``segblocks train`` for every run without a checkpoint, one after the other."""
+def train_missing(names: list[str], measured: dict, log) -> None:
+    """``segblocks train`` for every run without a checkpoint or measured results (the JSON
+    keeps the results of runs whose checkpoints are not shipped), one after the other."""
     for name in names:
-        if checkpoint(name) is not None:
-            log(f"  {name}: checkpoint exists, not trained")
+        if checkpoint(name) is not None or name in measured:
+            log(f"  {name}: checkpoint or results exist, not trained")
             continue
         run = RUNS[name]
         out = ROOT / "runs" / "camvid" / name
@@ -162,10 +165,13 @@ def evaluate_runs(names: list[str], data_root: str, cache: dict, log) -> dict:
     out = {}
     for name in names:
         path = checkpoint(name)
-        if path is None:
-            log(f"  {name}: no checkpoint (train it with --train)")
-            continue
         old = cache.get(name)
+        if path is None:
+            if old:  # measured when its checkpoint existed (ablations are not shipped)
+                out[name] = old
+            else:
+                log(f"  {name}: no checkpoint (train it with --train)")
+            continue
         if old and old.get("stamp") == _stamp(path):
             out[name] = old
             continue
@@ -306,7 +312,7 @@ def main(argv=None) -> int:
     prev = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
     if args.train:
         log("train:")
-        train_missing(names, log)
+        train_missing(names, prev.get("runs", {}), log)
     log("evaluate (val, float32):")
     results = evaluate_runs(names, args.data_root, prev.get("runs", {}), log)
     latency = prev.get("latency", {}).get("medians_ms", {})
@@ -314,8 +320,9 @@ def main(argv=None) -> int:
     if args.latency:
         os.makedirs(args.workdir, exist_ok=True)
         log("latency (benchmarks/camvid_latency.py):")
-        lat_info = measure_latency([n for n in names if n in results], args, log)
-        latency = lat_info["medians_ms"]
+        lat_info = measure_latency([n for n in names if checkpoint(n)], args, log)
+        # runs without a checkpoint here keep the medians measured when they had one
+        lat_info["medians_ms"] = latency = {**latency, **lat_info["medians_ms"]}
     tables = {
         key: [(label, row_stats(runs, results, latency)) for label, runs in TABLES[key]]
         for key in args.tables
