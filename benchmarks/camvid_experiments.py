@@ -110,12 +110,14 @@ TITLES = {
 
 
 def checkpoint(name: str) -> Path | None:
-    for p in (
-        ROOT / "checkpoints" / "camvid" / f"{name}.pt",
-        ROOT / "runs" / "camvid" / name / "last.pt",
-    ):
-        if p.is_file():
-            return p
+    """The committed checkpoint of a run, else the ``last.pt`` of its finished training run
+    (``metrics.json`` written; a run still training is not evaluated)."""
+    shipped = ROOT / "checkpoints" / "camvid" / f"{name}.pt"
+    if shipped.is_file():
+        return shipped
+    run = ROOT / "runs" / "camvid" / name
+    if (run / "last.pt").is_file() and (run / "metrics.json").is_file():
+        return run / "last.pt"
     return None
 
 
