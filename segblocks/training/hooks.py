@@ -6,12 +6,12 @@ A hook gets the trainer at four points: :meth:`HookBase.before_train`, :meth:`Ho
 (every ``log_every`` steps: the mean losses of the window), :meth:`HookBase.after_epoch` (the
 epoch's means are ``trainer.history[-1]``) and :meth:`HookBase.after_train`. The trainer runs
 them in list order, so that :class:`EvalHook` comes first and the others see its results.
+(The ``trainer`` argument is not annotated: the trainer imports its hooks, not the reverse.)
 """
 
 from __future__ import annotations
 
 import csv
-from typing import TYPE_CHECKING
 
 import torch.distributed as dist
 
@@ -19,9 +19,6 @@ from ..evaluation.evaluators import HRShareEvaluator, SegmentationEvaluator
 from ..evaluation.loop import inference_on_dataset
 from ..models.checkpoint import save_checkpoint
 from .rng import rng_state
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
 
 __all__ = [
     "HookBase",
@@ -51,16 +48,16 @@ CSV_FIELDS = (
 class HookBase:
     """No-op hook; override the points you need."""
 
-    def before_train(self, trainer: Trainer) -> None:
+    def before_train(self, trainer) -> None:
         pass
 
-    def log_row(self, trainer: Trainer, row: dict) -> None:
+    def log_row(self, trainer, row: dict) -> None:
         pass
 
-    def after_epoch(self, trainer: Trainer) -> None:
+    def after_epoch(self, trainer) -> None:
         pass
 
-    def after_train(self, trainer: Trainer) -> None:
+    def after_train(self, trainer) -> None:
         pass
 
 
@@ -76,7 +73,7 @@ class EvalHook(HookBase):
         self.every, self.at_end = int(every), bool(at_end)
 
     @staticmethod
-    def validate(trainer: Trainer) -> dict:
+    def validate(trainer) -> dict:
         K = trainer.num_classes
         evaluators = [SegmentationEvaluator(K, trainer.ignore_index), HRShareEvaluator(K)]
         r = inference_on_dataset(
@@ -90,11 +87,11 @@ class EvalHook(HookBase):
         )
         return {k: r[k] for k in ("miou", "pixel_accuracy", "iou", "hr_fraction")}
 
-    def after_epoch(self, trainer: Trainer) -> None:
+    def after_epoch(self, trainer) -> None:
         if trainer.val_ds is not None and self.every and trainer.epoch % self.every == 0:
             trainer.history[-1]["val"] = self.validate(trainer)
 
-    def after_train(self, trainer: Trainer) -> None:
+    def after_train(self, trainer) -> None:
         if trainer.val_ds is None or not self.at_end or len(trainer.val_ds) == 0:
             return
         last = trainer.history[-1] if trainer.history else {}
@@ -108,11 +105,11 @@ class CheckpointHook(HookBase):
     """``last.pt`` after every epoch (rank 0, atomic), with the RNG states of every rank for
     an exact resume; with ``epochs: 0`` the initialised model once at the end."""
 
-    def _save(self, trainer: Trainer, states: list) -> None:
+    def _save(self, trainer, states: list) -> None:
         save_checkpoint(trainer.model.net, trainer.checkpoint_path, **trainer.state(states))
         trainer.progress.saved = trainer.epoch
 
-    def after_epoch(self, trainer: Trainer) -> None:
+    def after_epoch(self, trainer) -> None:
         states = [rng_state()]
         if trainer.world > 1:
             states = [None] * trainer.world
@@ -122,7 +119,7 @@ class CheckpointHook(HookBase):
         if trainer.world > 1:
             dist.barrier()
 
-    def after_train(self, trainer: Trainer) -> None:
+    def after_train(self, trainer) -> None:
         if trainer.cfg.epochs == 0 and trainer.is_main:
             self._save(trainer, [rng_state()])
 
@@ -134,7 +131,7 @@ class CSVLogHook(HookBase):
     def __init__(self, path, keep_epochs: int):
         self.path, self.keep_epochs = path, int(keep_epochs)
 
-    def before_train(self, trainer: Trainer) -> None:
+    def before_train(self, trainer) -> None:
         rows = []
         if self.keep_epochs > 0 and self.path.exists():
             with open(self.path, newline="") as f:
@@ -148,7 +145,7 @@ class CSVLogHook(HookBase):
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
 
-    def _val_row(self, trainer: Trainer, epoch: int, val: dict) -> None:
+    def _val_row(self, trainer, epoch: int, val: dict) -> None:
         self._write(
             {
                 "epoch": epoch,
@@ -157,14 +154,14 @@ class CSVLogHook(HookBase):
             }
         )
 
-    def log_row(self, trainer: Trainer, row: dict) -> None:
+    def log_row(self, trainer, row: dict) -> None:
         self._write(row)
 
-    def after_epoch(self, trainer: Trainer) -> None:
+    def after_epoch(self, trainer) -> None:
         if "val" in trainer.history[-1]:
             self._val_row(trainer, trainer.epoch, trainer.history[-1]["val"])
 
-    def after_train(self, trainer: Trainer) -> None:
+    def after_train(self, trainer) -> None:
         last = trainer.history[-1] if trainer.history else {}
         if trainer.val_metrics is not None and trainer.val_metrics is not last.get("val"):
             self._val_row(trainer, trainer.cfg.epochs, trainer.val_metrics)
@@ -177,7 +174,7 @@ class TensorBoardHook(HookBase):
     def __init__(self, log_dir):
         self.log_dir, self.writer = log_dir, None
 
-    def before_train(self, trainer: Trainer) -> None:
+    def before_train(self, trainer) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -191,15 +188,15 @@ class TensorBoardHook(HookBase):
                 if isinstance(v, (int, float)) and k not in ("epoch", "iter"):
                     self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
 
-    def log_row(self, trainer: Trainer, row: dict) -> None:
+    def log_row(self, trainer, row: dict) -> None:
         self._scalars("train", row, int(row["iter"]))
 
-    def after_epoch(self, trainer: Trainer) -> None:
+    def after_epoch(self, trainer) -> None:
         self._scalars("epoch", trainer.history[-1]["train"], trainer.epoch)
         if "val" in trainer.history[-1]:
             self._scalars("val", trainer.history[-1]["val"], trainer.global_step)
 
-    def after_train(self, trainer: Trainer) -> None:
+    def after_train(self, trainer) -> None:
         last = trainer.history[-1] if trainer.history else {}
         if trainer.val_metrics is not None and trainer.val_metrics is not last.get("val"):
             self._scalars("val", trainer.val_metrics, trainer.global_step)
