@@ -76,6 +76,16 @@ RUNS = {
     )
 }
 
+#: the longer schedule (issue 19, items 5-6): 108 epochs from the ImageNet-initialised backbone,
+#: validated every 6 epochs; the training curves are plotted from their ``log.csv``
+LONG = {
+    "long_static_full": "static 1.0x",
+    "long_static_08": "static 0.8x",
+    "long_static_06": "static 0.6x",
+    "long_segblocks_tau04": "SegBlocks tau 0.4",
+    "long_segblocks_tau02": "SegBlocks tau 0.2",
+}
+
 #: table -> rows; a row is (label, [runs]) and reports the mean (and spread) of its runs
 TABLES = {
     "controls": [
@@ -229,6 +239,24 @@ def measure_latency(names: list[str], args, log) -> dict:
     return {"medians_ms": res["medians_ms"], "machine": res.get("machine"), "argv": cmd[1:]}
 
 
+def training_curves(path: Path, log) -> dict:
+    """Val mIoU against epoch of the long runs that have a ``log.csv`` (finished or not):
+    ``{name: [[epoch, miou], ...]}``, plotted to ``path``."""
+    from segblocks.evaluation.visualize import read_val_curve, save_training_curves
+
+    curves = {}
+    for name in LONG:
+        log_csv = ROOT / "runs" / "camvid" / name / "log.csv"
+        if log_csv.is_file():
+            curves[name] = read_val_curve(log_csv)
+    if any(curves.values()):
+        save_training_curves(path, {LONG[n]: c for n, c in curves.items()})
+        log(f"  training curves: {path}")
+    else:
+        log("  no long run has validated yet (configs camvid/long_*.yaml)")
+    return {n: [list(p) for p in c] for n, c in curves.items()}
+
+
 def _agg(vals: list[float]) -> tuple[float, float]:
     """(mean, spread = max - min) of a row's runs."""
     return sum(vals) / len(vals), (max(vals) - min(vals)) if len(vals) > 1 else 0.0
@@ -298,6 +326,11 @@ def main(argv=None) -> int:
     ap.add_argument("--latency", action="store_true", help="time the models (a quiet machine!)")
     ap.add_argument("--frames", type=int, default=8, help="latency: val frames (default 8)")
     ap.add_argument("--rounds", type=int, default=6, help="latency: timed rounds (default 6)")
+    ap.add_argument(
+        "--curves",
+        default=str(ROOT / "results" / "camvid_training_curves.png"),
+        help="where the training curves of the long runs are drawn",
+    )
     ap.add_argument("--tables", nargs="+", choices=list(TABLES), default=list(TABLES))
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "camvid"))
     ap.add_argument("--json", default=str(ROOT / "results" / "camvid_experiments.json"))
@@ -325,6 +358,8 @@ def main(argv=None) -> int:
         lat_info = measure_latency([n for n in names if checkpoint(n)], args, log)
         # runs without a checkpoint here keep the medians measured when they had one
         lat_info["medians_ms"] = latency = {**latency, **lat_info["medians_ms"]}
+    log("training curves (long schedule):")
+    curves = training_curves(Path(args.curves), log) or prev.get("training_curves", {})
     tables = {
         key: [(label, row_stats(runs, results, latency)) for label, runs in TABLES[key]]
         for key in args.tables
@@ -340,6 +375,7 @@ def main(argv=None) -> int:
             k: [{"label": lab, **(s or {})} for lab, s in rows] for k, rows in tables.items()
         },
         "max_seed_spread_miou": spread,
+        "training_curves": curves,
         "argv": sys.argv,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -261,6 +261,37 @@ def save_miou_vs_cost(path, runs, x_key: str, x_label: str, title: str | None = 
     return _save(fig, path, plt)
 
 
+def read_val_curve(log_csv) -> list[tuple[int, float]]:
+    """``[(epoch, val mIoU in [0, 1]), ...]`` from a training run's ``log.csv`` (the rows that
+    ``eval_every`` / ``eval_at_end`` validations wrote)."""
+    import csv
+
+    with open(log_csv, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_miou")]
+    return [(int(r["epoch"]), float(r["val_miou"])) for r in rows]
+
+
+def save_training_curves(path, curves: dict, title: str | None = None) -> Path:
+    """Val mIoU against epoch (paper Fig. 11): ``curves`` maps a label to ``[(epoch, mIoU),
+    ...]`` (mIoU in [0, 1] or in %), e.g. from :func:`read_val_curve`."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
+    for label, points in curves.items():
+        if not points:
+            continue
+        xs, ys = zip(*sorted(points), strict=True)
+        scale = 100.0 if max(ys) <= 1.0 else 1.0
+        ax.plot(xs, [scale * y for y in ys], marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mIoU (%)")
+    ax.grid(True, alpha=0.3)
+    if any(curves.values()):
+        ax.legend(fontsize=8)
+    ax.set_title(title or "Validation mIoU during training", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
 def _save(fig, path, plt) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import segblocks
+from segblocks.evaluation.visualize import read_val_curve, save_training_curves
 from segblocks.models import load_checkpoint
 from segblocks.models.segblocks_model import SegBlocksModel
 from segblocks.training import hooks as hooks_mod
@@ -146,3 +147,7 @@ def test_eval_every_writes_the_training_curve_and_resumes_exactly(tmp_path, monk
         vals = [r for r in csv.DictReader(f) if r["val_miou"]]
     assert [r["epoch"] for r in vals] == ["1", "2"]  # the final validation is epoch 2's
     assert float(vals[0]["val_miou"]) == pytest.approx(a["history"][0]["val"]["miou"])
+    curve = read_val_curve(tmp_path / "curve" / "log.csv")
+    assert [e for e, _ in curve] == [1, 2]
+    png = save_training_curves(tmp_path / "curves.png", {"tiny": curve})
+    assert png.stat().st_size > 1000
