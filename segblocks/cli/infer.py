@@ -111,6 +111,21 @@ def is_stream(args: argparse.Namespace) -> bool:
     return bool(args.stream) or (p.is_file() and is_video(p))
 
 
+def _shared_options(args: argparse.Namespace, model, note) -> tuple[dict, str]:
+    """The options images and streams are segmented with (``infer`` and ``infer_stream``
+    take the same ones), and the palette's description."""
+    palette, names, what = model_palette(model)
+    options = dict(
+        normalize=input_normalize(model),
+        palette=palette,
+        class_names=names,
+        device=args.device,
+        budget=args.budget,
+        report=note,
+    )
+    return options, what
+
+
 def run_stream(args: argparse.Namespace, note) -> int:
     from segblocks.evaluation.video import infer_stream
 
@@ -118,7 +133,7 @@ def run_stream(args: argparse.Namespace, note) -> int:
         model = model_from_args(args)
         why_eager = eager_reason(args, model)
         check_budget(args, model, engine=run_engine(args, model))
-        palette, names, _ = model_palette(model)
+        options, _ = _shared_options(args, model, note)
         prepare = None
         if why_eager is None:
 
@@ -135,17 +150,12 @@ def run_stream(args: argparse.Namespace, note) -> int:
             model,
             args.input,
             args.out_dir,
-            normalize=input_normalize(model),
-            palette=palette,
-            class_names=names,
             fps=args.fps,
             max_frames=args.max_frames,
-            device=args.device,
-            budget=args.budget,
-            report=note,
             progress=args.progress,
             warmup=args.warmup,
             prepare=prepare,
+            **options,
         )
     except (ValueError, FileNotFoundError) as e:
         return fail("infer", e)
@@ -171,25 +181,14 @@ def run(args: argparse.Namespace) -> int:
         model = model_from_args(args)
         # still images run the eager model (a compile takes longer than most image sets)
         check_budget(args, model, engine=getattr(model, "kind", "eager"))
-        palette, names, what = model_palette(model)
-        outs = infer(
-            model,
-            args.input,
-            args.out_dir,
-            normalize=input_normalize(model),
-            palette=palette,
-            class_names=names,
-            skip_bad=args.skip_bad,
-            device=args.device,
-            report=note,
-            budget=args.budget,
-        )
+        options, what = _shared_options(args, model, note)
+        outs = infer(model, args.input, args.out_dir, skip_bad=args.skip_bad, **options)
     except (ValueError, FileNotFoundError) as e:
         return fail("infer", e)
     if not outs:
         return fail("infer", f"no image in {args.input} could be read; nothing written")
     print(
         f"wrote {len(outs)} segmentation(s) and decision overlay(s) to {args.out_dir} "
-        f"({what}, {len(names)} classes: legend.csv)"
+        f"({what}, {len(options['class_names'])} classes: legend.csv)"
     )
     return 0
