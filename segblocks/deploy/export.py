@@ -127,6 +127,7 @@ def export_metadata(model: SegBlocksModel, size, batch: int, dtype: torch.dtype)
         "num_classes": int(getattr(net, "num_classes", 0) or 0),
         "dataset": getattr(model, "dataset", None),
         "class_names": getattr(model, "class_names", None),
+        "palette": [list(c) for c in getattr(model, "palette", None) or ()] or None,
         "input_mean": list(getattr(net, "input_mean", None) or []) or None,
         "input_std": list(getattr(net, "input_std", None) or []) or None,
         "torch": torch.__version__,

@@ -53,6 +53,7 @@ class ExportedSegBlocks(nn.Module):
         self.num_classes = int(metadata["num_classes"])
         self.dataset = metadata.get("dataset")
         self.class_names = metadata.get("class_names")
+        self.palette = [tuple(c) for c in metadata.get("palette") or ()] or None
         self.input_mean = metadata.get("input_mean")
         self.input_std = metadata.get("input_std")
         self.latency_calibration = None

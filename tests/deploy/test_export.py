@@ -50,6 +50,7 @@ def effl1():
             mod.running_mean.uniform_(-0.2, 0.2)
             mod.running_var.uniform_(0.5, 1.5)
     m.dataset, m.class_names = "procedural", [f"c{i}" for i in range(5)]
+    m.palette = [(10 * i, 0, 255 - i) for i in range(5)]
     return m.eval()
 
 
@@ -147,6 +148,7 @@ def test_metadata_and_bad_inputs(effl1_pt2, tmp_path):
     model = load_exported(effl1_pt2)
     assert model.size == SIZE and model.block_size == 32 and model.num_classes == 5
     assert model.dataset == "procedural" and model.metadata["ranks_blocks"]
+    assert model.palette == [(10 * i, 0, 255 - i) for i in range(5)]  # what infer draws with
     with pytest.raises(ValueError, match=r"exported for images of shape \[1, 3, 64, 96\]"):
         model(torch.randn(1, 3, 64, 128))
     with pytest.raises(ValueError, match="mask must be a bool tensor of shape"):
