@@ -350,7 +350,7 @@ def main(argv=None) -> int:
         train_missing(names, prev.get("runs", {}), log)
     log("evaluate (val, float32):")
     results = evaluate_runs(names, args.data_root, prev.get("runs", {}), log)
-    latency = prev.get("latency", {}).get("medians_ms", {})
+    latency = (prev.get("latency") or {}).get("medians_ms", {})
     lat_info = prev.get("latency")
     if args.latency:
         os.makedirs(args.workdir, exist_ok=True)
