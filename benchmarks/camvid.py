@@ -235,20 +235,22 @@ def main(argv=None) -> int:
         sweep = args.sweep_model if args.sweep_model in models else None
         if sweep and args.sweep_budgets:
             from segblocks.evaluation import evaluate
+            from segblocks.evaluation.evaluate import budget_sweep
 
             print(f"budget sweep of {sweep}:", flush=True)
             model = _load(models[sweep], torch.float32)
-            result["budget_sweep"] = {"model": sweep, "rows": []}
-            for b in args.sweep_budgets:
-                r = evaluate(model, val, normalize=norm, fps=False, progress=False, budget=b)
-                row = {
-                    "budget": b,
-                    "miou": r.miou,
-                    "gmacs": r.gmacs,
-                    "hr_percent": 100 * r.mean_hr_fraction,
-                }
-                result["budget_sweep"]["rows"].append(row)
-                print(f"  budget {b:>8}: mIoU {100 * r.miou:5.1f}  GMACs {r.gmacs:6.3f}")
+
+            def run_eval(b):
+                return evaluate(model, val, normalize=norm, fps=False, progress=False, budget=b)
+
+            def show(row):
+                print(
+                    f"  budget {row['budget']:>8}: mIoU {100 * row['miou']:5.1f}  GMACs "
+                    f"{row['gmacs']:6.3f}"
+                )
+
+            rows = budget_sweep(args.sweep_budgets, run_eval, on_row=show)
+            result["budget_sweep"] = {"model": sweep, "rows": rows}
     frames = []
     for i in range(min(args.latency_images, len(val))):
         img, lab = val[(i * len(val)) // max(1, args.latency_images)]
