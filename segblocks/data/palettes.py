@@ -70,17 +70,14 @@ def generic_palette(n: int) -> list[tuple[int, int, int]]:
 
 
 def dataset_classes(dataset: str | None) -> tuple[str, ...] | None:
-    """Class names of a dataset by name (``procedural``, ``camvid``, ``cityscapes``,
-    ``mapillary``), or ``None``."""
-    from . import CLASSES, CamVid, Cityscapes, MapillaryVistas
+    """Class names of a registered dataset by name (:mod:`segblocks.data.registry`: the
+    class's ``classes``), or ``None``."""
+    from .registry import get_dataset_class, list_datasets
 
-    table = {
-        "procedural": CLASSES,
-        "camvid": CamVid.classes,
-        "cityscapes": Cityscapes.classes,
-        "mapillary": MapillaryVistas.classes,
-    }
-    return table.get(dataset or "")
+    if dataset not in list_datasets():
+        return None
+    classes = getattr(get_dataset_class(dataset), "classes", None)
+    return tuple(classes) if classes else None
 
 
 def palette_for(

@@ -477,6 +477,10 @@ class ProceduralStreets(Dataset):
     applied last if given.
     """
 
+    classes = CLASSES
+    num_classes = NUM_CLASSES
+    ignore_index = IGNORE_INDEX
+
     def __init__(
         self,
         num_images: int,
@@ -496,9 +500,6 @@ class ProceduralStreets(Dataset):
         self.height, self.width = int(height), int(width)
         self.seed, self.split = int(seed), split
         self.transform = transform
-        self.classes = CLASSES
-        self.num_classes = NUM_CLASSES
-        self.ignore_index = IGNORE_INDEX
 
     def __len__(self) -> int:
         return self.num_images
