@@ -19,3 +19,23 @@ TINY = [
     "policy_kwargs.width=8",
     "tensorboard=false",
 ]
+
+
+def heuristic_rn18(num_classes: int, **model_kwargs):
+    """A SwiftNet-RN18 (random weights, no backbone download) with the heuristic policy at
+    tau 0.4 in 64-px blocks, eval mode: the small model of the regression and export tests."""
+    import warnings
+
+    from segblocks.models.segblocks_model import create_segblocks
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return create_segblocks(
+            "swiftnet_rn18",
+            "heuristic",
+            64,
+            num_classes=num_classes,
+            pretrained_backbone=False,
+            policy_kwargs={"tau": 0.4},
+            **model_kwargs,
+        ).eval()

@@ -13,6 +13,7 @@ from segblocks.blocks import (
     block_sample,
 )
 
+from ..tiny import heuristic_rn18
 from ._util import checkerboard
 
 
@@ -108,28 +109,10 @@ def test_gemm_weight_of_a_model_built_under_inference_mode(monkeypatch):
     assert y.shape == (1, 4, 16, 16) and calls
 
 
-def _heuristic_rn18():
-    """SwiftNet-RN18 with the heuristic policy at block 64 (random weights), eval mode."""
-    import warnings
-
-    from segblocks.models.segblocks_model import create_segblocks
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return create_segblocks(
-            "swiftnet_rn18",
-            "heuristic",
-            64,
-            num_classes=5,
-            pretrained_backbone=False,
-            policy_kwargs={"tau": 0.4},
-        ).eval()
-
-
 def test_inference_mode_then_no_grad():
     """A model used under torch.inference_mode, then under torch.no_grad, must not write into
     the pooled buffers of the first mode (inference tensors): issue 18."""
-    m = _heuristic_rn18()
+    m = heuristic_rn18(num_classes=5)
     x = torch.randn(1, 3, 128, 128)
     with torch.inference_mode():
         a = m(x).logits
@@ -146,7 +129,7 @@ def test_forward_from_several_threads():
     model; the pooled buffers are handed out under a lock): issue 18."""
     import threading
 
-    m = _heuristic_rn18()
+    m = heuristic_rn18(num_classes=5)
     xs = [torch.randn(1, 3, 128, 192) for _ in range(3)]
     with torch.no_grad():
         want = [m(x).logits for x in xs]

@@ -17,6 +17,8 @@ from segblocks.errors import CheckpointError, ExportError
 from segblocks.models.inference import optimize_for_inference
 from segblocks.models.segblocks_model import create_segblocks
 
+from ..tiny import heuristic_rn18
+
 needs_cpp = pytest.mark.skipif(
     kernels.backend() != "cpp", reason="exporting block execution needs the compiled kernels"
 )
@@ -171,25 +173,11 @@ def test_metadata_and_bad_inputs(effl1_pt2, tmp_path):
     assert meta["format"] == "segblocks-exported" and meta["grid"] == [2, 3]
 
 
-def _rn18_heuristic():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return create_segblocks(
-            "swiftnet_rn18",
-            "heuristic",
-            64,
-            num_classes=3,
-            pretrained_backbone=False,
-            decoder_width=16,
-            policy_kwargs={"tau": 0.4},
-        ).eval()
-
-
 @needs_cpp
 def test_torch_export_of_the_model_itself():
     """Non-strict torch.export of a SegBlocksModel works as it is (the output dataclass is a
     pytree node); RN18 covers max pooling's -inf border and plain (non-depthwise) convs."""
-    m = _rn18_heuristic()
+    m = heuristic_rn18(num_classes=3, decoder_width=16)
     x = torch.randn(1, 3, 128, 192)
     ep = torch.export.export(m, (x,))
     with torch.no_grad():
@@ -198,7 +186,7 @@ def test_torch_export_of_the_model_itself():
 
 
 def test_refusals_name_segblocks_export():
-    m = _rn18_heuristic()
+    m = heuristic_rn18(num_classes=3, decoder_width=16)
     x = torch.randn(1, 3, 128, 192)
     with pytest.raises(ExportError, match="segblocks export .*--format pt2"):
         torch.jit.script(m)
