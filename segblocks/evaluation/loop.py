@@ -12,12 +12,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .evaluators.base import Batch, DatasetEvaluator
+from .evaluators.base import Batch, DatasetEvaluator, rank_world
 
 __all__ = ["inference_on_dataset", "autocast"]
 
@@ -48,12 +47,6 @@ class _Transformed(Dataset):
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def inference_on_dataset(
@@ -108,7 +101,7 @@ def inference_on_dataset(
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     if n < 1:
         raise ValueError("evaluate: the dataset has no images to evaluate")
-    rank, world = _rank_world()
+    rank, world = rank_world()
     shard = Subset(_Transformed(dataset, normalize), list(range(rank, n, world)))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers)
     for ev in evaluators:

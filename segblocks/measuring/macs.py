@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from ..blocks.macs import macs_per_output_element
 from ..policies.budget import AffineCost
 
 if TYPE_CHECKING:
@@ -198,13 +199,6 @@ class MacReport:
 
 
 # ---------------------------------------------------------------------------- hooks
-def _macs_per_output_element(m: nn.Module) -> int:
-    """MACs of one output element of a Conv2d / Linear (the package's one formula)."""
-    from ..blocks.macs import macs_per_output_element
-
-    return macs_per_output_element(m)
-
-
 def _shape_str(shape) -> str:
     return "[" + ", ".join(str(int(v)) for v in shape) + "]"
 
@@ -250,7 +244,7 @@ class _Recorder:
         self._calls[id(mod)] = c
         if c > 1:
             name = f"{name}#{c}"
-        k = _macs_per_output_element(mod)
+        k = macs_per_output_element(mod)
         typ = type(mod).__name__
         if isinstance(out, BlockTensor):
             g = out.grid

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Batch", "DatasetEvaluator", "all_reduce", "gather_by_index"]
+__all__ = ["Batch", "DatasetEvaluator", "all_reduce", "gather_by_index", "rank_world"]
 
 
 @dataclass
@@ -56,8 +56,16 @@ class DatasetEvaluator:
         raise NotImplementedError
 
 
+def rank_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process under ``torch.distributed`` (``(0, 1)``
+    without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return rank_world()[1]
 
 
 def all_reduce(t: Tensor) -> Tensor:
