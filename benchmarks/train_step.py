@@ -205,7 +205,7 @@ def parse_args(argv=None):
         choices=("channels_last", "contiguous"),
         default="channels_last",
         help="model weights and input batch layout (default channels_last, as the other "
-        "benchmarks; the trainer uses contiguous)",
+        "benchmarks; the trainer's default is contiguous, channels_last: true in a config)",
     )
     ap.add_argument(
         "--policy-init-tau",

@@ -206,6 +206,9 @@ class Trainer:
         self.num_classes = int(cfg.num_classes or dataset_num_classes(self.train_base))
         self.ignore_index = int(getattr(self.train_base, "ignore_index", 255))
         self.model = build_model(cfg, self.num_classes).to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         mean = getattr(self.model.net, "input_mean", T.IMAGENET_MEAN)
         std = getattr(self.model.net, "input_std", T.IMAGENET_STD)
         self.train_ds, self.val_ds = build_datasets(cfg, mean, std)
@@ -325,7 +328,7 @@ class Trainer:
     # ---------------------------------------------------------------------------- steps
     def step(self, image, label) -> dict:
         """One optimisation step on a batch; returns :data:`STEP_VALUES` as floats."""
-        image = image.to(self.device, non_blocking=True)
+        image = image.to(self.device, non_blocking=True, memory_format=self.memory_format)
         label = label.to(self.device, non_blocking=True)
         with autocast(self.device, self.cfg.amp):
             out = self.train_model(image)

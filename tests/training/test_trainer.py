@@ -15,7 +15,7 @@ from segblocks.models import load_checkpoint
 from segblocks.models.segblocks_model import SegBlocksModel
 from segblocks.training import hooks as hooks_mod
 from segblocks.training.config import TrainConfig, load_config
-from segblocks.training.trainer import cosine_factor, train
+from segblocks.training.trainer import Trainer, cosine_factor, train
 
 from ..tiny import TINY
 
@@ -72,6 +72,27 @@ def test_pad_mode_is_trained_and_restored(tmp_path):
     """pad_mode (the BlockPad ablation) reaches the model and comes back from the checkpoint."""
     train(tiny_config(tmp_path, "pad_mode=zero", "iters_per_epoch=1", "eval_at_end=false"))
     assert SegBlocksModel.from_checkpoint(tmp_path / "last.pt").sample.pad_mode == "zero"
+
+
+def test_channels_last_trains_the_same_weights(tmp_path):
+    """channels_last=true changes the memory layout, not the maths: two steps give the
+    default run's weights (to float32 rounding), and the run can switch layout on resume."""
+    extra = ["policy=all_hr", "policy_kwargs={}", "eval_at_end=false", "iters_per_epoch=2"]
+    train(tiny_config(tmp_path / "default", *extra))
+    res = train(tiny_config(tmp_path / "cl", *extra, "channels_last=true"))
+    assert res["global_step"] == 2
+    trainer = Trainer(tiny_config(tmp_path / "layout", *extra, "channels_last=true"))
+    convs = [m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    a = load_checkpoint(tmp_path / "default" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "cl" / "last.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-5), k
+    # a run key: resuming with the other layout is allowed (the weights are the same)
+    more = ["epochs=2", "allow_config_change=[epochs]", "resume=true"]
+    res = train(tiny_config(tmp_path / "cl", *extra, *more))
+    assert res["resumed_from_epoch"] == 1 and res["global_step"] == 4
 
 
 def test_amp_one_step_on_cpu(tmp_path):
