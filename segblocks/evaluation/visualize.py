@@ -271,7 +271,9 @@ def read_val_curve(log_csv) -> list[tuple[int, float]]:
     return [(int(r["epoch"]), float(r["val_miou"])) for r in rows]
 
 
-def save_training_curves(path, curves: dict, title: str | None = None) -> Path:
+def save_training_curves(
+    path, curves: dict, title: str | None = None, xlabel: str = "epoch"
+) -> Path:
     """Val mIoU against epoch (paper Fig. 11): ``curves`` maps a label to ``[(epoch, mIoU),
     ...]`` (mIoU in [0, 1] or in %), e.g. from :func:`read_val_curve`."""
     plt = _plt()
@@ -282,7 +284,7 @@ def save_training_curves(path, curves: dict, title: str | None = None) -> Path:
         xs, ys = zip(*sorted(points), strict=True)
         scale = 100.0 if max(ys) <= 1.0 else 1.0
         ax.plot(xs, [scale * y for y in ys], marker="o", markersize=3, label=label)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("val mIoU (%)")
     ax.grid(True, alpha=0.3)
     if any(curves.values()):
