@@ -41,6 +41,8 @@ __all__ = [
     "block_pad",
     "lr_canvas",
     "lr_cells_of",
+    "hr_canvas",
+    "hr_cells_of",
 ]
 
 #: How a low-res block reads a high-res neighbour into its halo (paper Fig. 6 and Table 9).
@@ -445,13 +447,53 @@ def lr_canvas(x: BlockTensor, pads, mode: str | None = None) -> Tensor:
     return canvas.permute(0, 3, 1, 2)
 
 
-def lr_cells_of(y: Tensor, grid: BlockGrid) -> Tensor:
-    """The LR cells' tiles ``[Nl, C, o, o]`` (channels-last) of a map ``y [N, C, GH*o, GW*o]``
-    computed on :func:`lr_canvas`."""
+def hr_canvas(x: BlockTensor, pads) -> Tensor:
+    """The HR level as one padded map: ``[N, C, GH*s+pt+pb, GW*s+pl+pr]`` (channels-last,
+    ``s = x.side``) holding the HR blocks as they are and the LR blocks nearest-upsampled 2x
+    (as HR halos see them in every pad mode but ``zero``), zero beyond the image.
+
+    The window of an HR cell in it is exactly that HR block padded by ``pads`` (zero border,
+    ``pads`` no wider than a block), so an op can run once on the canvas and keep the HR cells
+    of its output (:func:`hr_cells_of`). That pays where HR halos dwarf the blocks and the op
+    is cheap per pixel (a depthwise conv on 2x2 blocks padded by 2 reads 9x their pixels; the
+    canvas is the whole map at HR resolution, 1 / HR share of the HR pixels).
+    """
+    if x.pad_mode == "zero":
+        raise ValueError("hr_canvas needs pad mode 'avg' or 'strided', not 'zero'")
+    g = x.grid
+    s = x.side
+    pt, pb, pl, pr = pads
+    H, W = g.GH * s, g.GW * s
+    canvas = x.parts[0].new_empty(g.N, H + pt + pb, W + pl + pr, x.channels)
+    for region in (canvas[:, :pt], canvas[:, pt + H :], canvas[:, :, :pl], canvas[:, :, pl + W :]):
+        region.zero_()
+    cells = canvas[:, pt : pt + H, pl : pl + W].view(g.N, g.GH, s, g.GW, s, -1)
+    cells = cells.permute(0, 1, 3, 2, 4, 5)  # [N, GH, GW, s, s, C]
+    if g.num_hr:
+        cells[g.cells(True)] = x.parts[0].permute(0, 2, 3, 1)
+    if g.num_lr:
+        lr = x.parts[1].permute(0, 2, 3, 1)  # [Nl, t, t, C]
+        cells[g.cells(False)] = lr.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    return canvas.permute(0, 3, 1, 2)
+
+
+def _cells_of(y: Tensor, grid: BlockGrid, hr: bool) -> Tensor:
     N, C, Ho, Wo = y.shape
     o = Ho // grid.GH
     tiles = y.permute(0, 2, 3, 1).reshape(N, grid.GH, o, grid.GW, o, C).permute(0, 1, 3, 2, 4, 5)
-    return tiles[grid.cells(False)].permute(0, 3, 1, 2)
+    return tiles[grid.cells(hr)].permute(0, 3, 1, 2)
+
+
+def lr_cells_of(y: Tensor, grid: BlockGrid) -> Tensor:
+    """The LR cells' tiles ``[Nl, C, o, o]`` (channels-last) of a map ``y [N, C, GH*o, GW*o]``
+    computed on :func:`lr_canvas`."""
+    return _cells_of(y, grid, False)
+
+
+def hr_cells_of(y: Tensor, grid: BlockGrid) -> Tensor:
+    """The HR cells' tiles ``[Nh, C, o, o]`` (channels-last) of a map ``y [N, C, GH*o, GW*o]``
+    computed on :func:`hr_canvas`."""
+    return _cells_of(y, grid, True)
 
 
 def padded_parts(
@@ -467,7 +509,7 @@ def padded_parts(
     """Per level padded blocks of ``x`` for an op that pads by ``pads`` (see :func:`block_pad`).
 
     Without ``fresh`` (the layers' path) the result may be views of a buffer that the next
-    padded read of ``x`` refills, so it must be consumed before that. ``hr_only`` (inference):
+    padded read of ``x`` refills, so it must be consumed before that. ``hr_only``:
     only the HR blocks' halos are filled; the LR level is returned but must not be read.
     """
     with timed("pad", x.device):
@@ -486,7 +528,8 @@ def _padded_parts(
         # Autograd: one differentiable op (interiors + halo into fresh padded blocks, one
         # tensor per level, consumed directly); its backward is the adjoint scatter-add into
         # the two block gradients, with no store-sized copies in the graph.
-        plan = pad_plan(x.grid, x.side, pads, mode, border)
+        # hr_only: the LR level's halos are left unfilled (and it must not be read)
+        plan = (hr_pad_plan if hr_only else pad_plan)(x.grid, x.side, pads, mode, border)
         hr_padded, lr_padded = kernels.pad_blocks(
             x.parts[0], x.parts[1], *plan.tensors(), [x.side, *pads], op_float(value)
         )

@@ -172,3 +172,53 @@ def test_gradcheck_full_jacobian(name):
     """The full (not randomly projected) Jacobian on a few representative cases."""
     fn, inputs = _full_cases()[name]
     assert gradcheck(fn, inputs, fast_mode=False)
+
+
+# (side, kernel, dilation, asymmetric pads): LR tiles whose halo is >= 9x the tile, so the
+# depthwise conv takes the LR canvas with autograd on (training)
+CANVAS_CASES = {
+    "side2_3x3": (2, 3, 1, None),
+    "side4_5x5_dilated": (4, 5, 2, None),
+    "side2_4x4_asymmetric": (2, 4, 1, (1, 2, 2, 1)),
+}
+
+
+@pytest.mark.parametrize("mode", ["avg", "strided"])
+@pytest.mark.parametrize("case", list(CANVAS_CASES))
+def test_depthwise_lr_canvas_in_training(case, mode, monkeypatch):
+    """A depthwise conv whose halos dwarf the tiles runs both levels on the LR and HR canvases
+    with autograd on: the same outputs and gradients as the padded path, and gradcheck passes."""
+    from segblocks.blocks.layers import conv as conv_mod
+
+    side, k, dil, asym = CANVAS_CASES[case]
+    mask = MASKS["mixed"]
+    x = torch.randn(2, C, GH * side, GW * side, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(C, 1, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(C, dtype=torch.float64, requires_grad=True)
+    F = torch.nn.functional
+
+    def fn(x, w, b):
+        xb = block_sample(x, mask, side, pad_mode=mode)
+        if asym is None:
+            y = F.conv2d(xb, w, b, padding=dil * (k // 2), dilation=dil, groups=C)
+        else:
+            pt, pb, pl, pr = asym
+            y = F.conv2d(F.pad(xb, (pl, pr, pt, pb)), w, b, dilation=dil, groups=C)
+        return block_combine(y)
+
+    monkeypatch.setattr(conv_mod, "HR_CANVAS_MIN_RATIO", 1.0)  # every case on both canvases
+    calls = []
+    for name in ("lr_canvas", "hr_canvas"):
+        real = getattr(conv_mod, name)
+        spy = lambda *a, _r=real, _n=name, **kw: calls.append(_n) or _r(*a, **kw)  # noqa: E731
+        monkeypatch.setattr(conv_mod, name, spy)
+    canvas_out = fn(x, w, b)
+    canvas_grads = torch.autograd.grad(canvas_out.square().sum(), (x, w, b))
+    assert calls == ["lr_canvas", "hr_canvas"], calls
+    assert gradcheck(fn, (x, w, b), fast_mode=True)
+    monkeypatch.setattr(conv_mod, "_use_lr_canvas", lambda *a: False)
+    padded_out = fn(x, w, b)
+    padded_grads = torch.autograd.grad(padded_out.square().sum(), (x, w, b))
+    torch.testing.assert_close(canvas_out, padded_out)
+    for a, r in zip(canvas_grads, padded_grads, strict=True):
+        torch.testing.assert_close(a, r)

@@ -400,3 +400,37 @@ def test_half_precision_and_noncontiguous_masks(dtype):
         for pads, mode in ((3, "avg"), ((2, 0, 3, 1), "strided"), (8, "zero")):
             _check_pad(*block_pad(xb, pads, mode=mode), *ref_pad(rh, rl, mask, 8, pads, mode))
         assert_close(block_combine(xb, "bilinear"), ref_combine(rh, rl, mask, 8, "bilinear"))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_canvas_windows_are_the_padded_blocks(seed):
+    """hr_canvas / lr_canvas: the window of every cell is that block padded by BlockPad (the
+    reference), for random masks, grids, sides, pads and both pad modes with a halo."""
+    from segblocks.blocks.pad import hr_canvas, lr_canvas
+
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    GH, GW = rng.choice(GRIDS)
+    N, C, s = rng.randint(1, 3), rng.choice(CHANNELS), rng.choice(SIDES)
+    mode = rng.choice(["avg", "strided"])
+    pads = tuple(rng.randint(0, s) for _ in range(4))
+    mask = make_mask(rng.choice(MASKS), N, GH, GW, gen)
+    grid = BlockGrid(mask, s)
+    hr = torch.randn(grid.num_hr, C, s, s, generator=gen)
+    lr = torch.randn(grid.num_lr, C, s // 2, s // 2, generator=gen)
+    x = BlockTensor.from_parts(hr, lr, grid, pad_mode=mode)
+    ref_hr, ref_lr = ref_pad(hr, lr, mask, s, pads, mode=mode)
+    pt, pb, pl, pr = pads
+    levels = ((hr_canvas, ref_hr, s, True), (lr_canvas, ref_lr, s // 2, False))
+    for canvas, ref, side, want in levels:
+        c = canvas(x, pads)
+        wins = [
+            c[n, :, gy * side : gy * side + side + pt + pb, gx * side : gx * side + side + pl + pr]
+            for n in range(N)
+            for gy in range(GH)
+            for gx in range(GW)
+            if bool(mask[n, gy, gx]) == want
+        ]
+        assert len(wins) == ref.shape[0]
+        if wins:
+            assert_close(torch.stack(wins), ref)

@@ -18,7 +18,7 @@ from .. import kernels
 from ..cache import register_cache
 from ..dispatch import UnsupportedBlockOp, register_block_op
 from ..indirection import conv_taps
-from ..pad import lr_canvas, lr_cells_of, padded_parts
+from ..pad import hr_canvas, hr_cells_of, lr_canvas, lr_cells_of, padded_parts
 from ..stats import count_conv, timed
 from ..tensor import BlockTensor, inference_fast_path, inference_kernels, pixel_rows
 from ..tracing import exporting, known_zero, op_float
@@ -62,6 +62,16 @@ IM2COL_TINY_MIN_CHANNELS = 64
 #: was the fastest or within noise of it for LR-ASPP-MobileNetV3 and SwiftNet-EffL1; 4 (which
 #: adds 3x3 convs on 2x2 tiles and 5x5 on 4x4 tiles) was slower for EffL1 by 3-4 %.
 CANVAS_MIN_HALO_RATIO = 9.0
+
+#: With autograd (training), a depthwise conv that runs its LR level on the LR canvas also runs
+#: its HR level on the HR canvas (``segblocks.blocks.pad.hr_canvas``: the map at HR resolution,
+#: LR blocks nearest-upsampled) when the padded HR blocks hold at least this many times the
+#: canvas's pixels: e.g. EffL1's 5x5 depthwise convs on 2x2 blocks at output stride 16 (padded
+#: 6x6, 9x the block) at 40 % HR blocks (3.6x). (Inference reads HR halos through indirection.)
+#: Training step of SegBlocks-EffL1 at tau 0.4 (batch 8, 352x352, fp32, 2 threads, one process
+#: alternating the settings): 1.5 and 3 within noise of each other (~2.0 s), LR canvas alone
+#: 2.9 s with frequent slow steps; the padded path 2.4-2.9 s.
+HR_CANVAS_MIN_RATIO = 3.0
 
 #: Depthwise convs at inference read their halo through indirection tables
 #: (``segblocks::depthwise_conv_blocks``) instead of padded blocks: no store, no halo fill, no
@@ -265,7 +275,11 @@ def _use_im2col(out_side: int, c_in: int) -> bool:
 
 def _use_lr_canvas(x: BlockTensor, weight: Tensor, groups: int, pads, value) -> bool:
     """Whether the LR level of this conv runs on the LR canvas (see CANVAS_MIN_HALO_RATIO)."""
-    if not inference_fast_path() or x.grid.num_lr == 0 or x.pad_mode not in ("avg", "strided"):
+    # With autograd too (training): the canvas is built with differentiable indexing, and
+    # its backward is one scatter of the canvas gradient instead of the adjoint of LR halos.
+    # Not while exported: the canvas indexes with boolean masks, whose traced sizes the
+    # exported program does not resolve.
+    if exporting() or x.grid.num_lr == 0 or x.pad_mode not in ("avg", "strided"):
         return False
     if groups == 1 or groups != weight.shape[0] or groups != x.channels:
         return False
@@ -274,6 +288,17 @@ def _use_lr_canvas(x: BlockTensor, weight: Tensor, groups: int, pads, value) -> 
     t = x.side // 2
     pt, pb, pl, pr = pads
     return (t + pt + pb) * (t + pl + pr) >= CANVAS_MIN_HALO_RATIO * t * t
+
+
+def _use_hr_canvas(x: BlockTensor, pads) -> bool:
+    """Whether the HR level of a depthwise conv whose LR level runs on the LR canvas runs on
+    the HR canvas too (see HR_CANVAS_MIN_RATIO)."""
+    if not torch.is_grad_enabled() or known_zero(x.grid.num_hr):
+        return False
+    s = x.side
+    pt, pb, pl, pr = pads
+    padded = (s + pt + pb) * (s + pl + pr) * x.grid.num_hr
+    return padded >= HR_CANVAS_MIN_RATIO * s * s * x.grid.N * x.grid.GH * x.grid.GW
 
 
 def _use_direct_depthwise(x: BlockTensor, weight: Tensor, groups: int) -> bool:
@@ -361,6 +386,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
             c = lr_canvas(x, pads)
         y = F.conv2d(c, weight, bias, st, 0, dilation, groups)
         out[1] = lr_cells_of(y, x.grid)
+        if _use_hr_canvas(x, pads):
+            with timed("pad", x.device):
+                c = hr_canvas(x, pads)
+            out[0] = hr_cells_of(F.conv2d(c, weight, bias, st, 0, dilation, groups), x.grid)
     if len(out) < len(x.parts):
         inputs = (
             padded_parts(x, pads, value=0.0, hr_only=True)
