@@ -63,14 +63,14 @@ IM2COL_TINY_MIN_CHANNELS = 64
 #: adds 3x3 convs on 2x2 tiles and 5x5 on 4x4 tiles) was slower for EffL1 by 3-4 %.
 CANVAS_MIN_HALO_RATIO = 9.0
 
-#: With autograd (training), a depthwise conv that runs its LR level on the LR canvas also runs
-#: its HR level on the HR canvas (``segblocks.blocks.pad.hr_canvas``: the map at HR resolution,
-#: LR blocks nearest-upsampled) when the padded HR blocks hold at least this many times the
-#: canvas's pixels: e.g. EffL1's 5x5 depthwise convs on 2x2 blocks at output stride 16 (padded
-#: 6x6, 9x the block) at 40 % HR blocks (3.6x). (Inference reads HR halos through indirection.)
-#: Training step of SegBlocks-EffL1 at tau 0.4 (batch 8, 352x352, fp32, 2 threads, one process
-#: alternating the settings): 1.5 and 3 within noise of each other (~2.0 s), LR canvas alone
-#: 2.9 s with frequent slow steps; the padded path 2.4-2.9 s.
+#: With autograd (training), a depthwise conv that runs its LR level on the LR canvas (or has
+#: no LR blocks) runs its HR level on the HR canvas (``segblocks.blocks.pad.hr_canvas``: the
+#: map at HR resolution, LR blocks nearest-upsampled) when the padded HR blocks hold at least
+#: this many times the canvas's pixels: e.g. EffL1's 5x5 depthwise convs on 2x2 blocks at
+#: output stride 16 (padded 6x6, 9x the block) at 40 % HR blocks (3.6x). (Inference reads HR
+#: halos through indirection.) Training step of SegBlocks-EffL1 at tau 0.4 (batch 8, 352x352,
+#: fp32, 2 threads, one process alternating the settings): 1.5 and 3 within noise of each
+#: other (~2.0 s), LR canvas alone 2.9 s with frequent slow steps; the padded path 2.4-2.9 s.
 HR_CANVAS_MIN_RATIO = 3.0
 
 #: Depthwise convs at inference read their halo through indirection tables
@@ -273,17 +273,24 @@ def _use_im2col(out_side: int, c_in: int) -> bool:
     return out_side <= IM2COL_MAX_SIDE and c_in >= IM2COL_MIN_CHANNELS
 
 
-def _use_lr_canvas(x: BlockTensor, weight: Tensor, groups: int, pads, value) -> bool:
-    """Whether the LR level of this conv runs on the LR canvas (see CANVAS_MIN_HALO_RATIO)."""
+def _canvas_conv(x: BlockTensor, weight: Tensor, groups: int, value) -> bool:
+    """Whether this conv may run a level on a canvas: depthwise, zero padding, a pad mode in
+    which a block's halo is its neighbours as the canvas shows them."""
     # With autograd too (training): the canvas is built with differentiable indexing, and
-    # its backward is one scatter of the canvas gradient instead of the adjoint of LR halos.
+    # its backward is one scatter of the canvas gradient instead of the adjoint of the halos.
     # Not while exported: the canvas indexes with boolean masks, whose traced sizes the
     # exported program does not resolve.
-    if exporting() or x.grid.num_lr == 0 or x.pad_mode not in ("avg", "strided"):
+    if exporting() or x.pad_mode not in ("avg", "strided"):
         return False
     if groups == 1 or groups != weight.shape[0] or groups != x.channels:
         return False
-    if value not in (None, 0, 0.0):
+    return value in (None, 0, 0.0)
+
+
+def _use_lr_canvas(x: BlockTensor, pads) -> bool:
+    """Whether the LR level of a canvas conv runs on the LR canvas (see
+    CANVAS_MIN_HALO_RATIO)."""
+    if x.grid.num_lr == 0:
         return False
     t = x.side // 2
     pt, pb, pl, pr = pads
@@ -291,8 +298,8 @@ def _use_lr_canvas(x: BlockTensor, weight: Tensor, groups: int, pads, value) -> 
 
 
 def _use_hr_canvas(x: BlockTensor, pads) -> bool:
-    """Whether the HR level of a depthwise conv whose LR level runs on the LR canvas runs on
-    the HR canvas too (see HR_CANVAS_MIN_RATIO)."""
+    """Whether the HR level of a canvas conv runs on the HR canvas, with autograd (see
+    HR_CANVAS_MIN_RATIO)."""
     if not torch.is_grad_enabled() or known_zero(x.grid.num_hr):
         return False
     s = x.side
@@ -380,20 +387,24 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     out = {}
     if gemm_levels:
         out = _conv_im2col(x, weight, bias, pads, 0.0, st, dilation, gemm_levels, side)
-    canvas = not gemm_levels and _use_lr_canvas(x, weight, groups, pads, value)
-    if canvas:
+    canvas = not gemm_levels and any(pads) and _canvas_conv(x, weight, groups, value)
+    if canvas and _use_lr_canvas(x, pads):
         with timed("pad", x.device):
             c = lr_canvas(x, pads)
         y = F.conv2d(c, weight, bias, st, 0, dilation, groups)
         out[1] = lr_cells_of(y, x.grid)
-        if _use_hr_canvas(x, pads):
-            with timed("pad", x.device):
-                c = hr_canvas(x, pads)
-            out[0] = hr_cells_of(F.conv2d(c, weight, bias, st, 0, dilation, groups), x.grid)
+    # the HR canvas only where no padded level is left (all-HR grids: the LR level is empty)
+    if canvas and (1 in out or x.grid.num_lr == 0) and _use_hr_canvas(x, pads):
+        with timed("pad", x.device):
+            c = hr_canvas(x, pads)
+        out[0] = hr_cells_of(F.conv2d(c, weight, bias, st, 0, dilation, groups), x.grid)
+        if 1 not in out:
+            o = side // 2
+            out[1] = out[0].new_empty(0, out[0].shape[1], o, o)
     if len(out) < len(x.parts):
         inputs = (
             padded_parts(x, pads, value=0.0, hr_only=True)
-            if canvas and any(pads)
+            if 1 in out
             else padded_or_plain(x, pads, 0.0 if value is None else value)
         )
         for lv, p in enumerate(inputs):
