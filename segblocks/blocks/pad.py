@@ -414,6 +414,19 @@ def fill_halo(
     store.halo = key  # only reached without autograd (see _padded_parts)
 
 
+def _empty_canvas(x: BlockTensor, tile: int, pads) -> tuple[Tensor, Tensor]:
+    """A channels-last map ``[N, GH*tile+pt+pb, GW*tile+pl+pr, C]`` with its border zeroed
+    (interior unset), and the view of its interior as cells ``[N, GH, GW, tile, tile, C]``."""
+    g = x.grid
+    pt, pb, pl, pr = pads
+    H, W = g.GH * tile, g.GW * tile
+    canvas = x.parts[0].new_empty(g.N, H + pt + pb, W + pl + pr, x.channels)
+    for region in (canvas[:, :pt], canvas[:, pt + H :], canvas[:, :, :pl], canvas[:, :, pl + W :]):
+        region.zero_()
+    cells = canvas[:, pt : pt + H, pl : pl + W].view(g.N, g.GH, tile, g.GW, tile, -1)
+    return canvas, cells.permute(0, 1, 3, 2, 4, 5)
+
+
 def lr_canvas(x: BlockTensor, pads, mode: str | None = None) -> Tensor:
     """The LR level as one padded map: ``[N, C, GH*t+pt+pb, GW*t+pl+pr]`` (channels-last,
     ``t = x.side // 2``) holding the LR blocks as they are and the HR blocks reduced 2x as LR
@@ -430,14 +443,7 @@ def lr_canvas(x: BlockTensor, pads, mode: str | None = None) -> Tensor:
     if mode not in ("avg", "strided"):
         raise ValueError(f"lr_canvas needs pad mode 'avg' or 'strided', not {mode!r}")
     g = x.grid
-    t = x.side // 2
-    pt, pb, pl, pr = pads
-    H, W = g.GH * t, g.GW * t
-    canvas = x.parts[1].new_empty(g.N, H + pt + pb, W + pl + pr, x.channels)
-    for region in (canvas[:, :pt], canvas[:, pt + H :], canvas[:, :, :pl], canvas[:, :, pl + W :]):
-        region.zero_()
-    cells = canvas[:, pt : pt + H, pl : pl + W].view(g.N, g.GH, t, g.GW, t, -1)
-    cells = cells.permute(0, 1, 3, 2, 4, 5)  # [N, GH, GW, t, t, C]
+    canvas, cells = _empty_canvas(x, x.side // 2, pads)
     if g.num_lr:
         cells[g.cells(False)] = x.parts[1].permute(0, 2, 3, 1)
     if g.num_hr:
@@ -461,14 +467,7 @@ def hr_canvas(x: BlockTensor, pads) -> Tensor:
     if x.pad_mode == "zero":
         raise ValueError("hr_canvas needs pad mode 'avg' or 'strided', not 'zero'")
     g = x.grid
-    s = x.side
-    pt, pb, pl, pr = pads
-    H, W = g.GH * s, g.GW * s
-    canvas = x.parts[0].new_empty(g.N, H + pt + pb, W + pl + pr, x.channels)
-    for region in (canvas[:, :pt], canvas[:, pt + H :], canvas[:, :, :pl], canvas[:, :, pl + W :]):
-        region.zero_()
-    cells = canvas[:, pt : pt + H, pl : pl + W].view(g.N, g.GH, s, g.GW, s, -1)
-    cells = cells.permute(0, 1, 3, 2, 4, 5)  # [N, GH, GW, s, s, C]
+    canvas, cells = _empty_canvas(x, x.side, pads)
     if g.num_hr:
         cells[g.cells(True)] = x.parts[0].permute(0, 2, 3, 1)
     if g.num_lr:
