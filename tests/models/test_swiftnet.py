@@ -217,3 +217,33 @@ def test_block_mode_training_gradients_match_dense():
     gmax = max(float(g.norm()) for g in g_ref)
     for p, g in zip(model.parameters(), g_ref, strict=True):
         assert float((p.grad - g).norm()) <= 1e-10 * gmax
+
+
+def test_effl1_block_training_gradients_match_dense(monkeypatch):
+    """SwiftNet-EffL1 at output stride 16, block 32, train mode, all-HR: the 5x5 depthwise
+    convs on 2x2 blocks run on the HR canvas with autograd; outputs and gradients equal the
+    dense network's (float64)."""
+    from segblocks.blocks.layers import conv as conv_layer
+
+    torch.manual_seed(0)
+    model = create_model(
+        "swiftnet_effl1", num_classes=3, output_stride=16, pretrained_backbone=False
+    )
+    model = model.double().train()
+    x = torch.randn(2, 3, 64, 128, dtype=torch.float64)
+    ref = model.forward_features(x)
+    w = torch.randn_like(ref)
+    (ref * w).sum().backward()
+    g_ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    calls = []
+    real = conv_layer.hr_canvas
+    monkeypatch.setattr(conv_layer, "hr_canvas", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    mask = torch.ones(2, 2, 4, dtype=torch.bool)
+    out = block_combine(model.decode(model.backbone(block_sample(x, mask, 32))))
+    (out * w).sum().backward()
+    assert calls, "no depthwise conv ran on the HR canvas"
+    assert rel_err(out, ref) < 1e-10
+    gmax = max(float(g.norm()) for g in g_ref)
+    for p, g in zip(model.parameters(), g_ref, strict=True):
+        assert float((p.grad - g).norm()) <= 1e-10 * gmax
