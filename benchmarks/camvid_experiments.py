@@ -94,6 +94,12 @@ LONG = {
 #: epochs of the common warm start (``static_full``) before the long runs' own epochs
 WARM_START_EPOCHS = 30
 RUNS.update((name, Run(name, name, f"{label}, 30 + 78 epochs")) for name, label in LONG.items())
+#: the heuristic policy on the long static 1.0x network (no training: ``epochs: 0``)
+LONG_HEURISTIC = {"long_heuristic_tau04": "0.4", "long_heuristic_tau02": "0.2"}
+RUNS.update(
+    (name, Run(name, name, f"heuristic tau {tau} on static 1.0x (30 + 78)"))
+    for name, tau in LONG_HEURISTIC.items()
+)
 
 #: table -> rows; a row is (label, [runs]) and reports the mean (and spread) of its runs
 TABLES = {
@@ -104,7 +110,8 @@ TABLES = {
         ("SegBlocks tau 0.4 (30 + 6)", ["segblocks_tau04", "segblocks_tau04_seed1"]),
         ("SegBlocks tau 0.2 (30 + 6)", ["segblocks_tau02"]),
     ],
-    "long": [(f"{label} (30 + 78)", [name]) for name, label in LONG.items()],
+    "long": [(f"{label} (30 + 78)", [name]) for name, label in LONG.items()]
+    + [(RUNS[name].label, [name]) for name in LONG_HEURISTIC],
     "controls": [
         ("static 1.0x (30 epochs, the common warm start)", ["static_full"]),
         ("static 1.0x, +6 epochs (control)", ["static_full_ft", "static_full_ft_seed1"]),

@@ -30,6 +30,7 @@ def test_runs_are_packaged_configs(ce):
         assert cfg.dataset == "camvid" and cfg.init_from in (
             None,
             "checkpoints/camvid/static_full.pt",
+            "checkpoints/camvid/long_static_full.pt",  # the long heuristic rows
         )
     assert {n for rows in ce.TABLES.values() for _, runs in rows for n in runs} <= set(ce.RUNS)
 

@@ -33,6 +33,8 @@ def test_packaged_configs_by_name_and_path():
         "camvid/ablation_width64",
         "camvid/heuristic_tau02",
         "camvid/heuristic_tau04",
+        "camvid/long_heuristic_tau02",
+        "camvid/long_heuristic_tau04",
         "camvid/long_segblocks_tau02",
         "camvid/long_segblocks_tau04",
         "camvid/long_static_06",
