@@ -52,11 +52,21 @@ MODELS = (
 )
 
 
-def checkpoint_path(root: Path, name: str) -> Path | None:
-    for p in (root / name / "last.pt", root / f"{name}.pt"):
-        if p.is_file():
-            return p
+def checkpoint_path(roots: Path | list[Path], name: str) -> Path | None:
+    """``ROOT/NAME/last.pt`` or ``ROOT/NAME.pt`` in the first of ``roots`` that has one."""
+    for root in [roots] if isinstance(roots, Path) else roots:
+        for p in (root / name / "last.pt", root / f"{name}.pt"):
+            if p.is_file():
+                return p
     return None
+
+
+#: shown for a missing model; the heuristic checkpoints are the static network's weights with a
+#: weightless policy, not shipped (``epochs: 0`` rebuilds one in about a minute)
+MISSING_HINT = (
+    "segblocks train --config camvid/NAME writes runs/camvid/NAME/last.pt (the heuristic "
+    "ones: epochs 0, ~1 min); add runs/camvid to --checkpoints"
+)
 
 
 def _load(path: Path, dtype: torch.dtype):
@@ -171,7 +181,13 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-root", default="../shared/datasets/camvid")
-    ap.add_argument("--checkpoints", default="runs/camvid", help="folder of the checkpoints")
+    ap.add_argument(
+        "--checkpoints",
+        nargs="+",
+        type=Path,
+        default=[Path("runs/camvid")],
+        help="folders of the checkpoints, searched in order (e.g. checkpoints/camvid runs/camvid)",
+    )
     ap.add_argument("--models", nargs="+", help="subset of the model names")
     ap.add_argument("--dtype", choices=(*DTYPES, "both"), default="both")
     ap.add_argument("--latency-images", type=int, default=8)
@@ -198,15 +214,16 @@ def main(argv=None) -> int:
     from segblocks.data.palettes import CAMVID_PALETTE
     from segblocks.data.transforms import Normalize
 
-    root = Path(args.checkpoints)
+    root = args.checkpoints
     wanted = [m for m in MODELS if not args.models or m[0] in args.models]
     found = {n: checkpoint_path(root, n) for n, _, _ in wanted}
     missing = [n for n, p in found.items() if p is None]
     models = {n: p for n, p in found.items() if p is not None}
     if missing:
-        print(f"skipped (no checkpoint under {root}): {', '.join(missing)}")
+        print(f"skipped (no checkpoint under {' '.join(map(str, root))}): {', '.join(missing)}")
+        print(f"  ({MISSING_HINT})")
     if not models:
-        ap.error(f"no checkpoints found under {root}")
+        ap.error(f"no checkpoints found under {' '.join(map(str, root))}")
     val = CamVid(args.data_root, split="val")
     first = _load(next(iter(models.values())), torch.float32)
     norm = Normalize(first.net.input_mean, first.net.input_std)

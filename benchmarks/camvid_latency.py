@@ -76,7 +76,7 @@ from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     print_machine,
     print_noise,
 )
-from camvid import MODELS, checkpoint_path  # noqa: E402
+from camvid import MISSING_HINT, MODELS, checkpoint_path  # noqa: E402
 
 MODELS_BY_NAME = {n for n, _, _ in MODELS}
 
@@ -388,8 +388,11 @@ def parse_args(argv=None):
     )
     ap.add_argument(
         "--checkpoints",
-        default=str(ROOT / "checkpoints" / "camvid"),
-        help="folder of the checkpoints (default: the committed checkpoints/camvid)",
+        nargs="+",
+        type=Path,
+        default=[ROOT / "checkpoints" / "camvid"],
+        help="folders of the checkpoints, searched in order (default: the committed "
+        "checkpoints/camvid)",
     )
     ap.add_argument("--models", nargs="+", help="subset of the model names")
     ap.add_argument(
@@ -510,16 +513,20 @@ def main(argv=None) -> int:
             "folder with --data-root (SegNet layout: val/*.png, valannot/*.png)."
         )
         return 0
-    root = Path(args.checkpoints)
+    root = args.checkpoints
     wanted = [n for n, _, _ in MODELS if args.models is None or n in args.models]
     found = {n: checkpoint_path(root, n) for n in wanted}
     found.update(args.extra)
     missing = [n for n, path in found.items() if path is None]
     ckpts = {n: path for n, path in found.items() if path is not None}
     if missing:
-        p(f"skipped (no checkpoint under {root}): {', '.join(missing)}")
+        p(f"skipped (no checkpoint under {' '.join(map(str, root))}): {', '.join(missing)}")
+        p(f"  ({MISSING_HINT})")
     if not ckpts:
-        p(f"no CamVid checkpoint under {root}: nothing measured (--checkpoints DIR)")
+        p(
+            f"no CamVid checkpoint under {' '.join(map(str, root))}: nothing measured "
+            "(--checkpoints DIR [DIR ...])"
+        )
         return 2
 
     from segblocks.data.transforms import Normalize

@@ -124,6 +124,8 @@ def test_quick_run_writes_the_keys(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--quick", "--dtype", "fp32", "--no-compile"]
     cmd += ["--frames", "1", "--rounds", "1", "--threads", "1", "--json", str(out)]
     cmd += ["--models", "static_06", "segblocks_tau02"]
+    (tmp_path / "empty").mkdir()  # folders are searched in order
+    cmd += ["--checkpoints", str(tmp_path / "empty"), str(CKPTS)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
@@ -134,6 +136,7 @@ def test_quick_run_writes_the_keys(tmp_path):
     assert set(res["medians_ms"]) == {"static_06", "segblocks_tau02"}
     assert 0 < res["rows"]["segblocks_tau02"]["hr_percent"] < 100
     assert res["machine"]["threads"] == 1 and res["argv"]
+    assert res["config"]["checkpoints"]["static_06"] == str(CKPTS / "static_06.pt")
 
 
 def test_missing_dataset_exits_cleanly(tmp_path):
