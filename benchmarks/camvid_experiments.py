@@ -10,13 +10,14 @@ Runs (:data:`RUNS`): a packaged config (``segblocks/configs/camvid/NAME.yaml``) 
 (e.g. ``seed=1``). A run's checkpoint is ``checkpoints/camvid/NAME.pt`` (committed, half
 precision) or ``runs/camvid/NAME/last.pt`` (trained here); ``--train`` trains the runs that have
 neither and no results in the JSON, one after the other (``segblocks train``, ~15-25 min each
-on a 2-core CPU), and skips the others. The checkpoints of the ablations, of the second
-seeds and of the heuristic policies (``static_full``'s weights again) are not shipped (the
-repository keeps its checkpoint folder under 100 MiB); their results stay in the JSON. Every model is evaluated on the 101 ``val`` frames in float32 (mIoU, GMACs with the
-policy, % HR blocks, % of the pixels of thin classes in HR blocks; block models also at exactly
-40 % HR blocks, their policy's top-ranked ones, so that ablations whose policies threshold to
-different shares compare at equal cost); results are kept in the JSON
-and reused while the checkpoint is unchanged (its size and modification time).
+on a 2-core CPU), and skips the others. The checkpoints of the ablations, of the second seeds
+and of the heuristic policies (``static_full``'s weights again) are not shipped (the repository
+keeps its checkpoint folder under 100 MiB); their results stay in the JSON. Every model is
+evaluated on the 101 ``val`` frames in float32 (mIoU, GMACs with the policy, % HR blocks, % of
+the pixels of thin classes in HR blocks; block models also at exactly 40 % HR blocks, their
+policy's top-ranked ones, so that ablations whose policies threshold to different shares compare
+at equal cost); results are kept in the JSON and reused while the checkpoint is unchanged (its
+size and modification time).
 
 Latency (``--latency``, in one quiet run at the end; never while something trains):
 ``benchmarks/camvid_latency.py`` times every model of the tables in its fast eager form
