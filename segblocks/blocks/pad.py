@@ -427,6 +427,78 @@ def _empty_canvas(x: BlockTensor, tile: int, pads) -> tuple[Tensor, Tensor]:
     return canvas, cells.permute(0, 1, 3, 2, 4, 5)
 
 
+def _fill_canvas(x: BlockTensor, hr: Tensor, lr: Tensor, pads, at_hr: bool, mode: str) -> Tensor:
+    """The canvas of :func:`hr_canvas` (``at_hr``) or :func:`lr_canvas` from the levels'
+    blocks ``hr [Nh, C, s, s]`` and ``lr [Nl, C, s/2, s/2]``: ``[N, C, H', W']``."""
+    g = x.grid
+    canvas, cells = _empty_canvas(x, x.side if at_hr else x.side // 2, pads)
+    if g.num_hr:
+        if not at_hr:
+            hr = F.avg_pool2d(hr, 2) if mode == "avg" else hr[:, :, ::2, ::2]
+        cells[g.cells(True)] = hr.permute(0, 2, 3, 1)
+    if g.num_lr:
+        lr = lr.permute(0, 2, 3, 1)  # [Nl, t, t, C]
+        cells[g.cells(False)] = lr.repeat_interleave(2, 1).repeat_interleave(2, 2) if at_hr else lr
+    return canvas.permute(0, 3, 1, 2)
+
+
+class _Canvas(torch.autograd.Function):
+    """:func:`_fill_canvas` with a backward that gathers the cells' gradients.
+
+    Why not plain autograd: the canvas is written in place through views of it (border
+    zeroing, the two levels' cells), and autograd's backward of each such write clones the
+    whole canvas gradient, ~6 full-map copies per canvas (a quarter of a SegBlocks-EffL1
+    training step's copies at 352x352). The adjoint here reads each cell once.
+    """
+
+    @staticmethod
+    def forward(ctx, hr, lr, x, pads, at_hr, mode):
+        ctx.grid, ctx.pads, ctx.at_hr, ctx.mode = x.grid, pads, at_hr, mode
+        ctx.tile = x.side if at_hr else x.side // 2
+        ctx.shapes = (hr.shape, lr.shape)
+        return _fill_canvas(x, hr, lr, pads, at_hr, mode)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        g, t, (pt, _, pl, _) = ctx.grid, ctx.tile, ctx.pads
+        H, W = g.GH * t, g.GW * t
+        gc = grad.permute(0, 2, 3, 1)[:, pt : pt + H, pl : pl + W]
+        gc = gc.view(g.N, g.GH, t, g.GW, t, -1).permute(0, 1, 3, 2, 4, 5)  # [N, GH, GW, t, t, C]
+        C = gc.shape[-1]
+        grad_hr = grad_lr = None
+        if ctx.needs_input_grad[0]:
+            if not g.num_hr:
+                grad_hr = grad.new_zeros(ctx.shapes[0])
+            elif ctx.at_hr:
+                grad_hr = gc[g.cells(True)].permute(0, 3, 1, 2)
+            else:
+                cells = gc[g.cells(True)]  # [Nh, t, t, C], the reduced HR blocks' gradients
+                if ctx.mode == "avg":
+                    up = (cells * 0.25).repeat_interleave(2, 1).repeat_interleave(2, 2)
+                else:
+                    up = cells.new_zeros(cells.shape[0], 2 * t, 2 * t, C)
+                    up[:, ::2, ::2] = cells
+                grad_hr = up.permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            if not g.num_lr:
+                grad_lr = grad.new_zeros(ctx.shapes[1])
+            elif ctx.at_hr:
+                cells = gc[g.cells(False)]  # [Nl, s, s, C], the upsampled LR blocks' gradients
+                h = t // 2
+                grad_lr = cells.reshape(-1, h, 2, h, 2, C).sum((2, 4)).permute(0, 3, 1, 2)
+            else:
+                grad_lr = gc[g.cells(False)].permute(0, 3, 1, 2)
+        return grad_hr, grad_lr, None, None, None, None
+
+
+def _canvas(x: BlockTensor, pads, at_hr: bool, mode: str) -> Tensor:
+    hr, lr = x.parts[0], x.parts[1]
+    if torch.is_grad_enabled() and (hr.requires_grad or lr.requires_grad):
+        return _Canvas.apply(hr, lr, x, pads, at_hr, mode)
+    return _fill_canvas(x, hr, lr, pads, at_hr, mode)
+
+
 def lr_canvas(x: BlockTensor, pads, mode: str | None = None) -> Tensor:
     """The LR level as one padded map: ``[N, C, GH*t+pt+pb, GW*t+pl+pr]`` (channels-last,
     ``t = x.side // 2``) holding the LR blocks as they are and the HR blocks reduced 2x as LR
@@ -442,15 +514,7 @@ def lr_canvas(x: BlockTensor, pads, mode: str | None = None) -> Tensor:
     mode = x.pad_mode if mode is None else mode
     if mode not in ("avg", "strided"):
         raise ValueError(f"lr_canvas needs pad mode 'avg' or 'strided', not {mode!r}")
-    g = x.grid
-    canvas, cells = _empty_canvas(x, x.side // 2, pads)
-    if g.num_lr:
-        cells[g.cells(False)] = x.parts[1].permute(0, 2, 3, 1)
-    if g.num_hr:
-        hr = x.parts[0]
-        red = F.avg_pool2d(hr, 2) if mode == "avg" else hr[:, :, ::2, ::2]
-        cells[g.cells(True)] = red.permute(0, 2, 3, 1)
-    return canvas.permute(0, 3, 1, 2)
+    return _canvas(x, pads, False, mode)
 
 
 def hr_canvas(x: BlockTensor, pads) -> Tensor:
@@ -466,14 +530,7 @@ def hr_canvas(x: BlockTensor, pads) -> Tensor:
     """
     if x.pad_mode == "zero":
         raise ValueError("hr_canvas needs pad mode 'avg' or 'strided', not 'zero'")
-    g = x.grid
-    canvas, cells = _empty_canvas(x, x.side, pads)
-    if g.num_hr:
-        cells[g.cells(True)] = x.parts[0].permute(0, 2, 3, 1)
-    if g.num_lr:
-        lr = x.parts[1].permute(0, 2, 3, 1)  # [Nl, t, t, C]
-        cells[g.cells(False)] = lr.repeat_interleave(2, 1).repeat_interleave(2, 2)
-    return canvas.permute(0, 3, 1, 2)
+    return _canvas(x, pads, True, x.pad_mode)
 
 
 def _cells_of(y: Tensor, grid: BlockGrid, hr: bool) -> Tensor:

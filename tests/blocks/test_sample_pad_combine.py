@@ -402,6 +402,34 @@ def test_half_precision_and_noncontiguous_masks(dtype):
         assert_close(block_combine(xb, "bilinear"), ref_combine(rh, rl, mask, 8, "bilinear"))
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_canvas_gradients(seed):
+    """hr_canvas / lr_canvas with autograd: their own backward (a gather of the cells'
+    gradients) passes float64 gradcheck for random masks (all-HR and all-LR included), grids,
+    sides, pads and both pad modes."""
+    from torch.autograd import gradcheck
+
+    from segblocks.blocks.pad import hr_canvas, lr_canvas
+
+    rng = random.Random(100 + seed)
+    gen = torch.Generator().manual_seed(seed)
+    GH, GW = rng.choice(GRIDS)
+    N, C, s = rng.randint(1, 2), rng.choice(CHANNELS[:3]), rng.choice(SIDES[:2])
+    mode = rng.choice(["avg", "strided"])
+    pads = tuple(rng.randint(0, s) for _ in range(4))
+    grid = BlockGrid(make_mask(MASKS[seed % len(MASKS)], N, GH, GW, gen), s)
+    hr = torch.randn(grid.num_hr, C, s, s, generator=gen, dtype=torch.float64)
+    lr = torch.randn(grid.num_lr, C, s // 2, s // 2, generator=gen, dtype=torch.float64)
+    for canvas in (hr_canvas, lr_canvas):
+
+        def fn(hr, lr, canvas=canvas):
+            return canvas(BlockTensor.from_parts(hr, lr, grid, pad_mode=mode), pads)
+
+        out = fn(hr.requires_grad_(), lr.requires_grad_())
+        assert "Canvas" in type(out.grad_fn).__name__  # the custom backward, not in-place views
+        assert gradcheck(fn, (hr, lr))
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_canvas_windows_are_the_padded_blocks(seed):
     """hr_canvas / lr_canvas: the window of every cell is that block padded by BlockPad (the
