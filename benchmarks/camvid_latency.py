@@ -66,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
     DTYPE_SUFFIX,
     DTYPES,
+    MALLOC_MODES,
     Guard,
     _reexec_with_malloc,
     cpu_snapshot,
@@ -433,10 +434,10 @@ def parse_args(argv=None):
     ap.add_argument("--json", metavar="PATH", help="write all figures to this JSON file")
     ap.add_argument(
         "--malloc",
-        choices=("tuned", "default"),
+        choices=MALLOC_MODES,
         default="tuned",
-        help="glibc settings: 'tuned' keeps freed memory (default), 'default' is stock glibc; "
-        "the script restarts itself to apply them",
+        help="allocator: 'tuned' glibc keeping freed memory (default), 'default' stock glibc, "
+        "'tcmalloc' preloaded; the script restarts itself to apply it",
     )
     args = ap.parse_args(argv)
     try:

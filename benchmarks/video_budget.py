@@ -49,6 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    MALLOC_MODES,
     _reexec_with_malloc,
     cpu_snapshot,
     foreign_load,
@@ -105,9 +106,9 @@ def parse_args(argv=None):
     ap.add_argument("--json", metavar="PATH", help="write all figures to this JSON file")
     ap.add_argument(
         "--malloc",
-        choices=("tuned", "default"),
+        choices=MALLOC_MODES,
         default="tuned",
-        help="glibc settings (as the other benchmarks; the script restarts itself)",
+        help="allocator (as the other benchmarks; the script restarts itself)",
     )
     args = ap.parse_args(argv)
     if args.counts is None:
