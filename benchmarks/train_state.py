@@ -41,6 +41,11 @@ def _git(*args: str, env: dict | None = None, stdin: bytes | None = None) -> str
     return out.stdout.decode().strip()
 
 
+def _last_epoch(log_csv: Path) -> str:
+    rows = log_csv.read_text().strip().splitlines()
+    return rows[-1].split(",")[0] if len(rows) > 1 else "0"
+
+
 def save(names: list[str], runs: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
@@ -57,7 +62,9 @@ def save(names: list[str], runs: Path) -> None:
                 _git("update-index", "--add", "--cacheinfo", f"100644,{blob},{rel}", env=env)
         tree = _git("write-tree", env=env)
     head = _git("rev-parse", "--short", "HEAD")
-    msg = f"unfinished runs {' '.join(names)} (code at {head}): benchmarks/train_state.py restore"
+    # the epoch of log.csv's last row (a row of the epoch in progress past last.pt's)
+    at = [f"{n} (log at epoch {_last_epoch(runs / n / 'log.csv')})" for n in names]
+    msg = f"unfinished runs {', '.join(at)}; main at {head}: benchmarks/train_state.py restore"
     commit = _git("commit-tree", tree, "-m", msg)
     _git("update-ref", f"refs/heads/{BRANCH}", commit)
     print(f"saved {', '.join(names)} to branch {BRANCH} ({commit[:10]})")
