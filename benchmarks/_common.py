@@ -44,9 +44,14 @@ MALLOC_MODES = ("tuned", "default", "tcmalloc")
 
 def allocator() -> str:
     pre = os.environ.get("LD_PRELOAD", "")
+    try:  # what is mapped, not only asked for (a missing library is skipped with a warning)
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        maps = pre
     for name in ("jemalloc", "tcmalloc", "mimalloc"):
         if name in pre:
-            return f"{name} (LD_PRELOAD)"
+            return f"{name} (LD_PRELOAD)" if name in maps else f"{name} asked for but not loaded"
     if all(os.environ.get(k) == v for k, v in _TUNED_MALLOC.items()):
         return "glibc malloc, tuned: " + " ".join(f"{k}={v}" for k, v in _TUNED_MALLOC.items())
     return "glibc malloc (default settings)"
