@@ -53,3 +53,20 @@ def test_row_stats_mean_and_spread(ce):
     assert ce.row_stats(["missing"], results, latency) is None
     text = ce.markdown({"controls": [("two seeds", s), ("absent", None)]}, 2.0)
     assert "59.0 (60.0, 58.0; spread 2.0)" in text and "not trained" in text
+
+
+def test_all_tables_are_written_from_known_results(ce):
+    """``--tables long`` evaluates only the long runs, yet every table is written from the
+    results the JSON keeps (here: one old run and one new one)."""
+    res = {
+        "miou": 0.6,
+        "gmacs": 2.0,
+        "hr_percent": 40.0,
+        "thin_hr_percent": dict.fromkeys(ce.THIN, 1.0),
+    }
+    tables = ce.all_tables({"static_06": res, "long_static_06": res}, {})
+    assert list(tables) == list(ce.TABLES)
+    rows = {label: s for key in ("main", "long") for label, s in tables[key]}
+    assert rows["static 0.6x (30 + 6)"]["runs"] == ["static_06"]
+    assert rows["static 0.6x (30 + 78)"]["runs"] == ["long_static_06"]
+    assert rows["static 1.0x (30 + 78)"] is None
