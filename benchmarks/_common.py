@@ -33,12 +33,12 @@ def cpu_model() -> str:
 # SegBlocks *training* wants (its block counts change every step, so glibc, tuned or not, keeps
 # taking fresh pages: on a Firecracker VM with free page reporting, SegBlocks-EffL1 steps took
 # 1.5-3.5 s with glibc and a steady 1.33-1.47 s with tcmalloc; inference: no clear difference).
-_TUNED_MALLOC = {
+TUNED_MALLOC = {
     "MALLOC_MMAP_MAX_": "0",
     "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
     "MALLOC_TOP_PAD_": str(1 << 28),
 }
-_TCMALLOC = {"LD_PRELOAD": "libtcmalloc_minimal.so.4", "TCMALLOC_RELEASE_RATE": "0"}
+TCMALLOC = {"LD_PRELOAD": "libtcmalloc_minimal.so.4", "TCMALLOC_RELEASE_RATE": "0"}
 MALLOC_MODES = ("tuned", "default", "tcmalloc")
 
 
@@ -52,12 +52,12 @@ def allocator() -> str:
     for name in ("jemalloc", "tcmalloc", "mimalloc"):
         if name in pre:
             return f"{name} (LD_PRELOAD)" if name in maps else f"{name} asked for but not loaded"
-    if all(os.environ.get(k) == v for k, v in _TUNED_MALLOC.items()):
-        return "glibc malloc, tuned: " + " ".join(f"{k}={v}" for k, v in _TUNED_MALLOC.items())
+    if all(os.environ.get(k) == v for k, v in TUNED_MALLOC.items()):
+        return "glibc malloc, tuned: " + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())
     return "glibc malloc (default settings)"
 
 
-def _reexec_with_malloc(mode: str) -> None:
+def reexec_with_malloc(mode: str) -> None:
     """Restart the interpreter with the allocator settings of ``mode`` (env is read at start)."""
     if mode == "tcmalloc":
         import ctypes.util
@@ -67,10 +67,10 @@ def _reexec_with_malloc(mode: str) -> None:
                 "--malloc tcmalloc: libtcmalloc_minimal not found; install it (Debian / Ubuntu: "
                 "apt install libtcmalloc-minimal4) or use --malloc tuned"
             )
-        want = dict(_TCMALLOC)
+        want = dict(TCMALLOC)
     else:
-        want = dict(_TUNED_MALLOC) if mode == "tuned" else {}
-    keys = {*_TUNED_MALLOC, *_TCMALLOC}
+        want = dict(TUNED_MALLOC) if mode == "tuned" else {}
+    keys = {*TUNED_MALLOC, *TCMALLOC}
     if all(os.environ.get(k) == want.get(k) for k in keys):
         return
     env = {k: v for k, v in os.environ.items() if k not in keys}

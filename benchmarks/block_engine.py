@@ -79,7 +79,6 @@ from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     DTYPE_SUFFIX,
     DTYPES,
     Guard,
-    _reexec_with_malloc,
     add_dtype_argument,
     add_run_arguments,
     cpu_snapshot,
@@ -89,6 +88,7 @@ from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     print_headline,
     print_machine,
     print_noise,
+    reexec_with_malloc,
     rel_err,
     resolve_run_arguments,
     selected_dtypes,
@@ -543,7 +543,7 @@ def print_failed(part: str, res: dict, out) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if argv is None:
-        _reexec_with_malloc(args.malloc)
+        reexec_with_malloc(args.malloc)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)

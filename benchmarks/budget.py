@@ -35,11 +35,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     DTYPES,
-    _reexec_with_malloc,
     add_run_arguments,
     cpu_snapshot,
     foreign_load,
     machine_info,
+    reexec_with_malloc,
     resolve_run_arguments,
 )
 
@@ -60,7 +60,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if argv is None:
-        _reexec_with_malloc(args.malloc)
+        reexec_with_malloc(args.malloc)
     torch.set_num_threads(args.threads)
     from segblocks.measuring.calibrate import calibrate
     from segblocks.models import create_model

@@ -68,7 +68,6 @@ from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     DTYPES,
     MALLOC_MODES,
     Guard,
-    _reexec_with_malloc,
     cpu_snapshot,
     foreign_load,
     machine_info,
@@ -76,6 +75,7 @@ from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     print_headline,
     print_machine,
     print_noise,
+    reexec_with_malloc,
 )
 from camvid import MISSING_HINT, MODELS, checkpoint_path  # noqa: E402
 
@@ -502,7 +502,7 @@ def print_table(p, rows: list[Row], info: dict, dtypes: list[str]) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if argv is None:
-        _reexec_with_malloc(args.malloc)
+        reexec_with_malloc(args.malloc)
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     p = lambda s="": print(s, flush=True)  # noqa: E731

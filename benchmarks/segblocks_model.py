@@ -94,11 +94,10 @@ MODULES = ("policy", "sample", "pad", "combine")
 
 # ---------------------------------------------------------------------------- helpers
 from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-    _TUNED_MALLOC,
     DTYPE_SUFFIX,
     DTYPES,
+    TUNED_MALLOC,
     Guard,
-    _reexec_with_malloc,
     add_dtype_argument,
     add_run_arguments,
     cpu_snapshot,
@@ -108,6 +107,7 @@ from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     print_headline,
     print_machine,
     print_noise,
+    reexec_with_malloc,
     rel_err,
     resolve_run_arguments,
     selected_dtypes,
@@ -133,7 +133,7 @@ _MEMORY_MALLOC = {
     "MALLOC_MMAP_THRESHOLD_": str(1 << 16),
     "MALLOC_TRIM_THRESHOLD_": str(1 << 17),
 }
-_ALL_MALLOC_KEYS = set(_TUNED_MALLOC) | set(_MEMORY_MALLOC) | {"MALLOC_TOP_PAD_"}
+_ALL_MALLOC_KEYS = set(TUNED_MALLOC) | set(_MEMORY_MALLOC) | {"MALLOC_TOP_PAD_"}
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -773,7 +773,7 @@ def main(argv=None) -> int:
             raise SystemExit("--memory-child needs one --dtype")
         return memory_child(args, args.dtype)
     if argv is None and torch.device(args.device).type == "cpu":
-        _reexec_with_malloc(args.malloc)
+        reexec_with_malloc(args.malloc)
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)
     out = sys.stdout

@@ -75,7 +75,6 @@ RUNS = {"runs": (5, 2), "warmup": (2, 1)}  # (full, --quick)
 from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
     DTYPE_SUFFIX,
     Guard,
-    _reexec_with_malloc,
     add_dtype_argument,
     add_run_arguments,
     cpu_snapshot,
@@ -85,6 +84,7 @@ from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a s
     print_headline,
     print_machine,
     print_noise,
+    reexec_with_malloc,
     resolve_run_arguments,
     selected_dtypes,
 )
@@ -259,7 +259,7 @@ def print_table(p, results: dict, dtypes, models, variants) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if argv is None:
-        _reexec_with_malloc(args.malloc)
+        reexec_with_malloc(args.malloc)
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)
     out = sys.stdout

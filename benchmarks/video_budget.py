@@ -50,12 +50,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
     MALLOC_MODES,
-    _reexec_with_malloc,
     cpu_snapshot,
     foreign_load,
     machine_info,
     print_machine,
     print_noise,
+    reexec_with_malloc,
 )
 from camvid import MODELS, checkpoint_path  # noqa: E402
 
@@ -146,7 +146,7 @@ def make_video(data: Path, n: int, path: Path) -> tuple[Path, int]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if argv is None:
-        _reexec_with_malloc(args.malloc)
+        reexec_with_malloc(args.malloc)
     torch.set_num_threads(args.threads)
     p = lambda s="": print(s, flush=True)  # noqa: E731
     try:

@@ -13,7 +13,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 PROBE = (
     "import sys; sys.path.insert(0, {bench!r}); import _common as c; "
-    "c._reexec_with_malloc({mode!r}); print(c.allocator())"
+    "c.reexec_with_malloc({mode!r}); print(c.allocator())"
 )
 
 

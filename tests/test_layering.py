@@ -112,3 +112,25 @@ def test_no_import_cycle_between_modules():
         if m not in state:
             visit(m, [])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def _private_imports(files) -> list[str]:
+    """``from module import _name``: a module reaching into another's private names."""
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                found += [
+                    f"{path}:{node.lineno} imports {a.name} from {'.' * node.level}{node.module}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    return found
+
+
+def test_no_module_imports_private_names():
+    """The package and the benchmarks import only public names of each other's modules (a
+    helper two modules share is public where it is defined)."""
+    files = [*ROOT.rglob("*.py"), *(ROOT.parent / "benchmarks").glob("*.py")]
+    found = _private_imports(files)
+    assert not found, "private names imported:\n" + "\n".join(found)

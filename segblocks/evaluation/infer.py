@@ -86,8 +86,9 @@ def _png_bit_depth(path: Path) -> int | None:
     return None
 
 
-def _read(path) -> tuple[Tensor, str | None]:
-    """``(image [3, H, W] float32 in [0, 1], note or None)``."""
+def read_image_with_note(path) -> tuple[Tensor, str | None]:
+    """:func:`read_image` and a note of how the image was converted to 8 bits, if it was:
+    ``(image [3, H, W] float32 in [0, 1], note or None)`` (the CLI prints the note)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -128,7 +129,7 @@ def read_image(path) -> Tensor:
     """Image file -> float32 ``[3, H, W]`` in [0, 1] (16-bit images scaled to 8 bits);
     :class:`~segblocks.errors.InputError` (a ``ValueError``) naming the file if it cannot be
     decoded."""
-    return _read(path)[0]
+    return read_image_with_note(path)[0]
 
 
 def _check_outputs(files: list[Path], out: Path) -> None:
@@ -258,7 +259,7 @@ def infer(
     try:
         for f in files:
             try:
-                image, msg = _read(f)
+                image, msg = read_image_with_note(f)
             except InputError as e:
                 if not skip_bad:
                     raise

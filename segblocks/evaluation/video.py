@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .infer import _read, image_suffixes, write_legend
+from .infer import image_suffixes, read_image_with_note, write_legend
 from .visualize import segmentation_overlay
 
 __all__ = [
@@ -172,7 +172,7 @@ class _FolderSource:
     def __iter__(self) -> Iterator[_Frame]:
         for i, f in enumerate(self.files):
             try:
-                image, msg = _read(f)
+                image, msg = read_image_with_note(f)
             except InputError as e:
                 yield _Frame(i, None, f"{e}; skipped")
                 continue

@@ -243,5 +243,7 @@ def policy_from_config(
     return _policy_class(name).from_config(options, tau=tau, block_size=block_size)
 
 
-def _empty_like_grid(image: Tensor, grid_shape, value: bool) -> Tensor:
+def full_grid(image: Tensor, grid_shape, value: bool) -> Tensor:
+    """A mask ``[N, GH, GW]`` (bool, on ``image``'s device) of one ``value`` for the batch of
+    ``image: [N, C, H, W]``: the decisions of the all-HR / all-LR policies."""
     return torch.full((image.shape[0], *grid_shape), value, dtype=torch.bool, device=image.device)

@@ -10,9 +10,9 @@ from .base import (
     Policy,
     PolicyConfigError,
     PolicyOutput,
-    _empty_like_grid,
     block_side,
     check_tau,
+    full_grid,
     num_hr_blocks,
     register_policy,
 )
@@ -26,7 +26,7 @@ class AllHR(Policy):
     """Every block at high resolution (block execution then equals the dense network)."""
 
     def decide(self, image, grid_shape):
-        mask = _empty_like_grid(image, grid_shape, True)
+        mask = full_grid(image, grid_shape, True)
         return PolicyOutput.from_mask(mask, probs=mask.float())
 
 
@@ -69,7 +69,7 @@ class AllLR(Policy):
     """Every block at low resolution (the dense network on the 2x average-pooled image)."""
 
     def decide(self, image, grid_shape):
-        mask = _empty_like_grid(image, grid_shape, False)
+        mask = full_grid(image, grid_shape, False)
         return PolicyOutput.from_mask(mask, probs=mask.float())
 
 

@@ -391,7 +391,7 @@ def run_functional(layers, params, x, training=False):
     return x
 
 
-def _per_block(fn, blocks):
+def per_block(fn, blocks):
     """``fn`` applied to each block ``[1, C, h, w]`` separately, results stacked."""
     if blocks.shape[0] == 0:
         return fn(torch.zeros((1, *blocks.shape[1:]), dtype=blocks.dtype))[:0]
@@ -457,7 +457,7 @@ def run_reference(layers, params, hr, lr, mask, block_size, mode="avg", training
             def conv(a, w=w, b=b, layer=layer):
                 return F.conv2d(a, w, b, layer.stride, 0, layer.dilation, layer.groups)
 
-            hr, lr = _per_block(conv, hp), _per_block(conv, lp)
+            hr, lr = per_block(conv, hp), per_block(conv, lp)
             s //= layer.stride
         elif isinstance(layer, BN):
             hr, lr = _ref_batch_norm(hr, lr, params, layer.name, training)
@@ -469,7 +469,7 @@ def run_reference(layers, params, hr, lr, mask, block_size, mode="avg", training
             def pool(a, layer=layer):
                 return F.max_pool2d(a, layer.k, layer.stride, 0)
 
-            hr, lr = _per_block(pool, hp), _per_block(pool, lp)
+            hr, lr = per_block(pool, hp), per_block(pool, lp)
             s //= layer.stride
         elif isinstance(layer, AvgPool):
             hp, lp = padded((layer.pad,) * 4, 0.0)
@@ -477,7 +477,7 @@ def run_reference(layers, params, hr, lr, mask, block_size, mode="avg", training
             def pool(a, layer=layer):
                 return F.avg_pool2d(a, layer.k, layer.stride, 0)
 
-            hr, lr = _per_block(pool, hp), _per_block(pool, lp)
+            hr, lr = per_block(pool, hp), per_block(pool, lp)
             s //= layer.stride
         elif isinstance(layer, Pad):
             left, right, top, bottom = layer.lrtb
@@ -498,7 +498,7 @@ def run_reference(layers, params, hr, lr, mask, block_size, mode="avg", training
                 def up(a):
                     return upsample_nearest_2x(a[0])[None]
 
-                hr, lr = _per_block(up, hr), _per_block(up, lr)
+                hr, lr = per_block(up, hr), per_block(up, lr)
             else:
                 hp, lp = ref_pad(hr, lr, mask, s, 1, mode, "replicate")
                 side_h, side_l = s, s // 2
@@ -511,7 +511,7 @@ def run_reference(layers, params, hr, lr, mask, block_size, mode="avg", training
                     u = F.interpolate(a, scale_factor=2, mode="bilinear", align_corners=False)
                     return u[:, :, 2 : 2 + 2 * side_l, 2 : 2 + 2 * side_l]
 
-                hr, lr = _per_block(up_h, hp), _per_block(up_l, lp)
+                hr, lr = per_block(up_h, hp), per_block(up_l, lp)
             s *= 2
         else:
             raise TypeError(layer)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import _per_block, cells, ref_combine, ref_pad, ref_sample, upsample_nearest_2x
+from .reference import cells, per_block, ref_combine, ref_pad, ref_sample, upsample_nearest_2x
 
 __all__ = ["RefBlocks", "run_reference_model"]
 
@@ -121,7 +121,7 @@ def _pair(v):
 
 def _spatial(x: RefBlocks, pads, value, fn, stride):
     hp, lp = _padded(x, pads, value)
-    hr, lr = _per_block(fn, hp), _per_block(fn, lp)
+    hr, lr = per_block(fn, hp), per_block(fn, lp)
     return x.like(hr, lr, x.side // stride)
 
 
@@ -291,7 +291,7 @@ def _interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=
         def up(a):
             return upsample_nearest_2x(a[0])[None]
 
-        return x.like(_per_block(up, x.hr), _per_block(up, x.lr), 2 * s)
+        return x.like(per_block(up, x.hr), per_block(up, x.lr), 2 * s)
     assert mode == "bilinear" and not align_corners
     hp, lp = ref_pad(x.hr, x.lr, x.mask, s, 1, x.mode, "replicate")
 
@@ -302,7 +302,7 @@ def _interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=
 
         return fn
 
-    return x.like(_per_block(up(s), hp), _per_block(up(s // 2), lp), 2 * s)
+    return x.like(per_block(up(s), hp), per_block(up(s // 2), lp), 2 * s)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ..training.test_ddp import _free_port
+from ..torch_setup import free_port
 
 KEYS = ("miou", "iou", "pixel_accuracy", "hr_fractions", "class_hr_percent", "gmacs_per_image")
 
@@ -50,7 +50,7 @@ def _worker(rank: int, world: int, port: int, results) -> None:
 def test_two_ranks_report_the_single_process_numbers():
     single = _evaluate()
     results = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), results), nprocs=2)
     assert results[0] == results[1]
     for k in KEYS:
         assert results[0][k] == pytest.approx(single[k], nan_ok=True), k

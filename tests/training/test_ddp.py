@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,9 @@ import segblocks
 from segblocks.models import load_checkpoint
 
 from ..tiny import TINY
+from ..torch_setup import free_port
 
 CONFIGS = Path(segblocks.__file__).resolve().parent / "configs"  # packaged configs
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str, results) -> None:
@@ -51,7 +45,7 @@ def test_ddp_gloo_two_processes(tmp_path):
     world = 2
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), results), nprocs=world)
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path), results), nprocs=world)
     assert sorted(results.keys()) == [0, 1]
     # 8 images / 2 ranks / batch 2 = 2 iterations on each rank
     assert results[0][0] == results[1][0] == 2
