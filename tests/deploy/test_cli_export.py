@@ -186,14 +186,22 @@ def test_video_runs_the_compiled_package_by_default(ckpt, tmp_path, monkeypatch,
     assert [r["hr_percent"] for r in again] == [r["hr_percent"] for r in eager]
     cal = tmp_path / "cal.json"
     argv = ["calibrate", "--checkpoint", str(ckpt), "--size", "128x128", "--counts", "2"]
-    assert main([*argv, "--runs", "2", "--warmup", "1", "--out", str(cal)]) == 0
+    # all-LR vs all-HR of a 2x2 grid differ by a few ms: on a loaded machine the measured
+    # slope can come out <= 0, which calibrate rightly refuses; what is tested here is which
+    # model it times, so a refusal for noise is measured again (at most twice more)
+    for _ in range(3):
+        rc = main([*argv, "--runs", "3", "--warmup", "1", "--out", str(cal)])
+        err = capsys.readouterr().err
+        if rc == 0 or "too noisy" not in err:
+            break
+    assert rc == 0, err
     assert '"engine": "aoti"' in cal.read_text()
-    assert "compiling" not in capsys.readouterr().err  # the package infer compiled
-    # an eager calibration does not pass for the compiled run, with a message saying so
+    assert "compiling" not in err  # the package infer compiled
+    # an eager calibration does not pass for the compiled run, with a message saying so (the
+    # same figures marked eager: a second timing would only add noise to the test)
     args = ["infer", str(video), str(tmp_path / "d"), "--checkpoint", str(ckpt)]
     eager_cal = tmp_path / "eager.json"
-    argv = ["calibrate", "--checkpoint", str(ckpt), "--size", "128x128", "--counts", "2"]
-    assert main([*argv, "--runs", "2", "--engine", "eager", "--out", str(eager_cal)]) == 0
+    eager_cal.write_text(cal.read_text().replace('"engine": "aoti"', '"engine": "eager"'))
     assert main([*args, "--budget", "30ms", "--calibration", str(eager_cal)]) == 2
     assert "engine 'eager'" in capsys.readouterr().err
     assert main([*args, "--budget", "30ms", "--calibration", str(cal), "--no-progress"]) == 0
