@@ -97,6 +97,8 @@ LONG = {
 }
 #: epochs of the common warm start (``static_full``) before the long runs' own epochs
 WARM_START_EPOCHS = 30
+#: the long run whose model the warm start is (its curve starts there)
+SAME_AS_START = "long_static_full"
 RUNS.update((name, Run(name, name, f"{label}, 30 + 78 epochs")) for name, label in LONG.items())
 #: the heuristic policy on the long static 1.0x network (no training: ``epochs: 0``)
 LONG_HEURISTIC = {"long_heuristic_tau04": "0.4", "long_heuristic_tau02": "0.2"}
@@ -278,8 +280,10 @@ def measure_latency(names: list[str], args, log) -> dict:
 def training_curves(path: Path, prev: dict, start: dict | None, log) -> dict:
     """Val mIoU against the epochs since the ImageNet-initialised backbone of the long runs
     that have a ``log.csv`` (finished or not; ``prev``: curves of the JSON, for runs whose
-    folder is gone): ``{name: [[epoch, miou], ...]}``, each starting at the warm start
-    (``start``: the results of ``static_full``), plotted to ``path``."""
+    folder is gone): ``{name: [[epoch, miou], ...]}``, plotted to ``path``. The static 1.0x
+    curve starts at the warm start (``start``: the results of ``static_full``, the same
+    network); the others at their first validation, since ``static_full`` is not their
+    model (another resolution, or no policy yet)."""
     from segblocks.evaluation.visualize import read_val_curve, save_training_curves
 
     curves = dict(prev)
@@ -287,7 +291,7 @@ def training_curves(path: Path, prev: dict, start: dict | None, log) -> dict:
         log_csv = ROOT / "runs" / "camvid" / name / "log.csv"
         if log_csv.is_file():
             own = [[WARM_START_EPOCHS + e, m] for e, m in read_val_curve(log_csv)]
-            first = [[WARM_START_EPOCHS, start["miou"]]] if start else []
+            first = [[WARM_START_EPOCHS, start["miou"]]] if start and name == SAME_AS_START else []
             curves[name] = first + own
     if any(len(c) > 1 for c in curves.values()):
         save_training_curves(
@@ -425,12 +429,12 @@ def main(argv=None) -> int:
         # runs without a checkpoint here keep the medians measured when they had one
         lat_info["medians_ms"] = latency = {**latency, **lat_info["medians_ms"]}
     log("training curves (long schedule):")
+    known = {**prev.get("runs", {}), **results}
     curves = training_curves(
-        Path(args.curves), prev.get("training_curves", {}), results.get("static_full"), log
+        Path(args.curves), prev.get("training_curves", {}), known.get("static_full"), log
     )
     # every table is written: the ones not selected from the results the JSON keeps, so that
     # e.g. ``--tables long --latency`` times the long table side by side and loses no other
-    known = {**prev.get("runs", {}), **results}
     tables = all_tables(known, latency)
     spread = max(
         (s["miou_spread"] for rows in tables.values() for _, s in rows if s and s["seeds"] > 1),

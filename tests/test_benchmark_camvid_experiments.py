@@ -70,3 +70,19 @@ def test_all_tables_are_written_from_known_results(ce):
     assert rows["static 0.6x (30 + 6)"]["runs"] == ["static_06"]
     assert rows["static 0.6x (30 + 78)"]["runs"] == ["long_static_06"]
     assert rows["static 1.0x (30 + 78)"] is None
+
+
+def test_training_curves_start_at_the_warm_start_only_for_its_model(ce, tmp_path, monkeypatch):
+    """The static 1.0x curve starts at ``static_full`` (the same network, epoch 30); the 0.6x
+    one at its own first validation, since ``static_full`` at 1.0x is not its model."""
+    pytest.importorskip("matplotlib")
+    head = "epoch,iter,loss,task_loss,policy_loss,hr_fraction,lr,val_miou\n"
+    for name, miou in (("long_static_full", 0.62), ("long_static_06", 0.57)):
+        run = tmp_path / "runs" / "camvid" / name
+        run.mkdir(parents=True)
+        (run / "log.csv").write_text(head + "6,270,0.9,0.9,0,1,1e-4,\n" + f"6,270,,,,,,{miou}\n")
+    monkeypatch.setattr(ce, "ROOT", tmp_path)
+    curves = ce.training_curves(tmp_path / "c.png", {}, {"miou": 0.61}, lambda msg: None)
+    assert curves["long_static_full"] == [[30, 0.61], [36, 0.62]]
+    assert curves["long_static_06"] == [[36, 0.57]]
+    assert (tmp_path / "c.png").is_file()
