@@ -98,3 +98,17 @@ def test_eval_reports_the_same_macs_with_and_without_optimize(tmp_path):
     assert fast["gmacs_policy"] == slow["gmacs_policy"]
     assert fast["hr_fractions"] == slow["hr_fractions"]
     assert abs(fast["pixel_accuracy"] - slow["pixel_accuracy"]) < 1e-3
+
+
+def test_allocator_hint(tmp_path):
+    """A CPU run under glibc malloc is told about tcmalloc; with tcmalloc mapped, on CUDA or
+    without /proc nothing is said."""
+    from segblocks.cli.train import allocator_hint
+
+    glibc, tc = tmp_path / "glibc", tmp_path / "tc"
+    glibc.write_text("7f00 r-xp /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    tc.write_text("7f00 r-xp /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.9\n")
+    assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in allocator_hint("cpu", str(glibc))
+    assert allocator_hint("cpu", str(tc)) is None
+    assert allocator_hint("cuda", str(glibc)) is None
+    assert allocator_hint("cpu", str(tmp_path / "absent")) is None
