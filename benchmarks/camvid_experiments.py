@@ -296,7 +296,7 @@ def training_curves(path: Path, prev: dict, start: dict | None, log) -> dict:
     if any(len(c) > 1 for c in curves.values()):
         save_training_curves(
             path,
-            {LONG[n]: c for n, c in curves.items() if n in LONG},
+            {LONG[n]: curves[n] for n in LONG if n in curves},  # the table's order
             xlabel=f"epoch (from ImageNet; the first {WARM_START_EPOCHS}: static_full)",
         )
         log(f"  training curves: {path}")
