@@ -101,14 +101,15 @@ def test_eval_reports_the_same_macs_with_and_without_optimize(tmp_path):
 
 
 def test_allocator_hint(tmp_path):
-    """A CPU run under glibc malloc is told about tcmalloc; with tcmalloc mapped, on CUDA or
-    without /proc nothing is said."""
+    """A CPU run under glibc malloc is told about tcmalloc; with tcmalloc mapped, on CUDA,
+    without /proc or with no epochs to train nothing is said."""
     from segblocks.cli.train import allocator_hint
 
     glibc, tc = tmp_path / "glibc", tmp_path / "tc"
     glibc.write_text("7f00 r-xp /usr/lib/x86_64-linux-gnu/libc.so.6\n")
     tc.write_text("7f00 r-xp /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.9\n")
-    assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in allocator_hint("cpu", str(glibc))
-    assert allocator_hint("cpu", str(tc)) is None
-    assert allocator_hint("cuda", str(glibc)) is None
-    assert allocator_hint("cpu", str(tmp_path / "absent")) is None
+    assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in allocator_hint("cpu", maps_file=str(glibc))
+    assert allocator_hint("cpu", maps_file=str(tc)) is None
+    assert allocator_hint("cuda", maps_file=str(glibc)) is None
+    assert allocator_hint("cpu", maps_file=str(tmp_path / "absent")) is None
+    assert allocator_hint("cpu", epochs=0, maps_file=str(glibc)) is None

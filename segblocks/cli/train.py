@@ -12,14 +12,19 @@ _RUN_SWITCHES = ("resume", "overwrite")
 _ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
 
 
-def allocator_hint(device: str, maps_file: str = "/proc/self/maps") -> str | None:
+def allocator_hint(
+    device: str, *, epochs: int = 1, maps_file: str = "/proc/self/maps"
+) -> str | None:
     """The one-line hint printed before a CPU training run under glibc malloc on Linux (None
-    otherwise). A SegBlocks batch has different block counts every step, so its tensors change
-    shape; glibc hands the memory back and takes it again, and on VMs that report freed pages
-    to their host each step pays the page faults (README, "Training": 1.5-3.5 s steps against
-    a steady 1.33-1.47 s with tcmalloc on a 2-core VM)."""
+    otherwise, and for ``epochs: 0``, which only wraps and evaluates a network). A SegBlocks
+    batch has different block counts every step, so its tensors change shape; glibc hands the
+    memory back and takes it again, and on VMs that report freed pages to their host each step
+    pays the page faults (README, "Training": 1.5-3.5 s steps against a steady 1.33-1.47 s with
+    tcmalloc on a 2-core VM)."""
     import torch
 
+    if epochs <= 0:
+        return None
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     try:
         with open(maps_file) as f:
@@ -80,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
     except (ValueError, FileNotFoundError) as e:
         return fail("train", e)
-    hint = allocator_hint(cfg.device)
+    hint = allocator_hint(cfg.device, epochs=cfg.epochs)
     if hint:
         print(hint, file=sys.stderr)
     try:
