@@ -106,6 +106,20 @@ RUNS.update(
     (name, Run(name, name, f"heuristic tau {tau} on static 1.0x (30 + 78)"))
     for name, tau in LONG_HEURISTIC.items()
 )
+#: a second seed of the long model that matches static 0.8x in accuracy (issue 19's closing)
+LONG_SEEDS = {"long_segblocks_tau02": ["long_segblocks_tau02_seed1"]}
+RUNS["long_segblocks_tau02_seed1"] = Run(
+    "long_segblocks_tau02_seed1",
+    "long_segblocks_tau02",
+    "SegBlocks tau 0.2, 30 + 78 epochs, seed 1",
+    ("seed=1",),
+)
+#: the block-size ablation's CPU choice (64) on the long static 1.0x network, heuristic policy
+LONG_BLOCK64 = {f"long_heuristic_tau0{t}_block64": f"0.{t}" for t in (4, 3, 2)}
+RUNS.update(
+    (name, Run(name, name, f"heuristic tau {tau}, block 64, on static 1.0x (30 + 78)"))
+    for name, tau in LONG_BLOCK64.items()
+)
 
 #: table -> rows; a row is (label, [runs]) and reports the mean (and spread) of its runs
 TABLES = {
@@ -116,8 +130,20 @@ TABLES = {
         ("SegBlocks tau 0.4 (30 + 6)", ["segblocks_tau04", "segblocks_tau04_seed1"]),
         ("SegBlocks tau 0.2 (30 + 6)", ["segblocks_tau02"]),
     ],
-    "long": [(f"{label} (30 + 78)", [name]) for name, label in LONG.items()]
+    "long": [
+        (
+            f"{label} (30 + 78)",
+            [name, *LONG_SEEDS.get(name, [])],
+        )
+        for name, label in LONG.items()
+    ]
     + [(RUNS[name].label, [name]) for name in LONG_HEURISTIC],
+    "long_block64": [
+        ("static 0.8x (30 + 78)", ["long_static_08"]),
+        ("heuristic tau 0.4, block 32", ["long_heuristic_tau04"]),
+        ("heuristic tau 0.2, block 32", ["long_heuristic_tau02"]),
+    ]
+    + [(f"heuristic tau {tau}, block 64", [name]) for name, tau in LONG_BLOCK64.items()],
     "controls": [
         ("static 1.0x (30 epochs, the common warm start)", ["static_full"]),
         ("static 1.0x, +6 epochs (control)", ["static_full_ft", "static_full_ft_seed1"]),
@@ -145,6 +171,8 @@ TITLES = {
     "main": "Main table, issue 8 schedule (30 epochs + 6 for the derived models)",
     "long": "Main table, long schedule (30 + 78 epochs for every model, the policy learned "
     "over all 78)",
+    "long_block64": "Block 64 on the long static 1.0x network (heuristic policy, no training; "
+    "the frame padded to 384x512)",
     "controls": "Controls and noise (tau 0.4 and the static networks, two seeds)",
     "blockpad": "BlockPad (paper Table 9), SegBlocks tau 0.4",
     "block_size": "Block size (paper Table 8), SegBlocks tau 0.4",
