@@ -46,6 +46,11 @@ Usage::
 
     python benchmarks/camvid_latency.py --json results/camvid_latency.json   # full, ~15 min
     python benchmarks/camvid_latency.py --quick --dtype fp32                  # smoke test
+    python benchmarks/camvid_latency.py --models static_08 segblocks_tau04 --no-compile \
+        --no-960 --no-export --profile static_08 segblocks_tau04   # where the time goes
+
+``--profile NAME ...``: after the timing, one pass of each named row under ``torch.profiler``;
+the top operators by self CPU time per frame are printed and kept in the JSON (``profile``).
 """
 
 from __future__ import annotations
@@ -368,6 +373,48 @@ def time_rows(rows: list[Row], warmup: int, rounds: int, log, guard) -> None:
             log(f"  round {r + 1}/{warmup + rounds} ({what}): {time.perf_counter() - t0:.1f} s")
 
 
+def profile_rows(rows: list[Row], names: list[str], top: int) -> dict:
+    """Where the time of the named rows goes: ``torch.profiler`` over one pass of each row's
+    frames, after the timing (the profiler's overhead stays out of the medians). Per row key
+    and dtype: the profiled wall time and the ``top`` operators by self CPU time, each as
+    ``[name, ms per frame, calls per frame]`` (an op's self time excludes the ops it calls;
+    intra-op threads count once, as wall time on the calling thread)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out: dict = {}
+    with torch.inference_mode():
+        for row in rows:
+            if row.key not in names:
+                continue
+            row.run(timed=False)
+            t0 = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                row.run(timed=False)
+            wall = 1000 * (time.perf_counter() - t0)
+            n = len(row.frames)
+            events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+            out.setdefault(row.key, {})[row.dtype] = {
+                "wall_ms_per_frame": wall / n,
+                "self_ms_per_frame": sum(e.self_cpu_time_total for e in events) / 1000 / n,
+                "top_ops": [
+                    [e.key, e.self_cpu_time_total / 1000 / n, e.count / n] for e in events[:top]
+                ],
+            }
+    return out
+
+
+def print_profile(p, prof: dict, top: int) -> None:
+    for key, per_dtype in prof.items():
+        for dt, v in per_dtype.items():
+            p(
+                f"profile of {key}, {SHORT[dt]} (one pass under torch.profiler: "
+                f"{v['wall_ms_per_frame']:.1f} ms per frame; top {top} ops by self time):"
+            )
+            for name, ms, calls in v["top_ops"]:
+                share = 100 * ms / v["self_ms_per_frame"] if v["self_ms_per_frame"] else 0.0
+                p(f"    {name[:52]:52s} {ms:7.2f} ms {share:5.1f} %  {calls:6.1f} calls")
+
+
 def gmacs(row: Row) -> float | None:
     """GMACs per frame (policy included) at the row's padded size and mean HR blocks."""
     m = getattr(row.model, "_orig_mod", row.model)
@@ -431,6 +478,15 @@ def parse_args(argv=None):
         help="smoke test: 2 frames, 2 rounds, no compile, no 768x960 (--frames / --rounds "
         "still override)",
     )
+    ap.add_argument(
+        "--profile",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="after the timing, profile these rows (model names, e.g. static_08 "
+        "segblocks_tau04) with torch.profiler and print their top operators by self time",
+    )
+    ap.add_argument("--profile-top", type=int, default=12, help="operators listed (default 12)")
     ap.add_argument("--json", metavar="PATH", help="write all figures to this JSON file")
     ap.add_argument(
         "--malloc",
@@ -464,6 +520,14 @@ def parse_args(argv=None):
         args.extra[name] = Path(path)
     if args.extra and not args.models:
         args.models = []  # only the named rows
+    known = set(args.models if args.models is not None else MODELS_BY_NAME) | set(args.extra)
+    bad = [n for n in args.profile if n not in known]
+    if bad:
+        ap.error(
+            f"--profile: {bad} are not rows of this run; choose from {', '.join(sorted(known))}"
+        )
+    if args.profile_top < 1:
+        ap.error(f"--profile-top {args.profile_top}: give a positive number of operators")
     return args
 
 
@@ -558,6 +622,7 @@ def _run(args, ckpts, missing, frames, guard, machine, data, log, p) -> int:
     time_rows(rows, args.warmup, args.rounds, log, guard)
     load = foreign_load(snap0, cpu_snapshot())
     machine["load_during_run"] = load
+    prof = profile_rows(rows, args.profile, args.profile_top) if args.profile else {}
 
     medians: dict = {}
     info: dict = {}
@@ -595,6 +660,7 @@ def _run(args, ckpts, missing, frames, guard, machine, data, log, p) -> int:
     )
     res["reference_ratios_vs_compiled"] = reference_ratios(medians)
     res["medians_ms"] = medians
+    res["profile"] = prof
     res["rows"] = info
     res["missing"] = missing
     res["machine"] = machine
@@ -648,6 +714,9 @@ def _run(args, ckpts, missing, frames, guard, machine, data, log, p) -> int:
     for k, v in res["reference_ratios_vs_compiled"].items():
         if v is not None:
             p(f"  reference: {k:33s} {v:9.3f}  (float32)")
+    if prof:
+        p()
+        print_profile(p, prof, args.profile_top)
     for key, err in guard.errors.items():
         p(f"ERROR {key}: {err.splitlines()[0]}")
     if args.json:

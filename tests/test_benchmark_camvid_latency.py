@@ -115,6 +115,34 @@ def test_block_size_variant_shares_the_network(cl):
     assert cl.with_block_size(static, 64) is static
 
 
+def test_profile_rows_lists_the_named_rows_top_ops(cl):
+    net = create_model("swiftnet_effl1", num_classes=3, decoder_width=16, output_stride=16)
+    model = SegBlocksModel(net, "heuristic", 32, tau=0.5).eval()
+    frames = [torch.randn(1, 3, 64, 96)]
+    rows = [
+        cl.Row(name, name, name, "float32", model, frames, (64, 96), 32)
+        for name in ("segblocks", "other")
+    ]
+    prof = cl.profile_rows(rows, ["segblocks"], top=5)
+    assert list(prof) == ["segblocks"] and list(prof["segblocks"]) == ["float32"]
+    v = prof["segblocks"]["float32"]
+    assert len(v["top_ops"]) == 5 and v["wall_ms_per_frame"] > 0
+    ms = [op[1] for op in v["top_ops"]]
+    assert ms == sorted(ms, reverse=True) and sum(ms) <= v["self_ms_per_frame"] + 1e-6
+    assert not rows[0].times  # profiling is not timing
+    lines = []
+    cl.print_profile(lines.append, prof, 5)
+    assert "profile of segblocks, fp32" in lines[0] and len(lines) == 6
+
+
+def test_profile_names_must_be_rows(cl, capsys):
+    with pytest.raises(SystemExit):
+        cl.parse_args(["--models", "static_08", "--profile", "segblocks_tau04"])
+    assert "--profile: ['segblocks_tau04'] are not rows of this run" in capsys.readouterr().err
+    args = cl.parse_args(["--models", "static_08", "--profile", "static_08"])
+    assert args.profile == ["static_08"]
+
+
 @pytest.mark.skipif(
     not (DATA / "val").is_dir() or not list(CKPTS.glob("*.pt")),
     reason="needs ../shared/datasets/camvid and checkpoints/camvid",
@@ -123,7 +151,7 @@ def test_quick_run_writes_the_keys(tmp_path):
     out = tmp_path / "lat.json"
     cmd = [sys.executable, str(SCRIPT), "--quick", "--dtype", "fp32", "--no-compile"]
     cmd += ["--frames", "1", "--rounds", "1", "--threads", "1", "--json", str(out)]
-    cmd += ["--models", "static_06", "segblocks_tau02"]
+    cmd += ["--models", "static_06", "segblocks_tau02", "--profile", "segblocks_tau02"]
     (tmp_path / "empty").mkdir()  # folders are searched in order
     cmd += ["--checkpoints", str(tmp_path / "empty"), str(CKPTS)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -137,6 +165,9 @@ def test_quick_run_writes_the_keys(tmp_path):
     assert 0 < res["rows"]["segblocks_tau02"]["hr_percent"] < 100
     assert res["machine"]["threads"] == 1 and res["argv"]
     assert res["config"]["checkpoints"]["static_06"] == str(CKPTS / "static_06.pt")
+    assert list(res["profile"]) == ["segblocks_tau02"]
+    assert res["profile"]["segblocks_tau02"]["float32"]["top_ops"]
+    assert "profile of segblocks_tau02, fp32" in r.stdout
 
 
 def test_missing_dataset_exits_cleanly(tmp_path):
