@@ -622,7 +622,9 @@ def _run(args, ckpts, missing, frames, guard, machine, data, log, p) -> int:
     time_rows(rows, args.warmup, args.rounds, log, guard)
     load = foreign_load(snap0, cpu_snapshot())
     machine["load_during_run"] = load
-    prof = profile_rows(rows, args.profile, args.profile_top) if args.profile else {}
+    prof = {}
+    if args.profile:  # a failure is reported like a row's, after the figures
+        prof = guard("profile", lambda: profile_rows(rows, args.profile, args.profile_top)) or {}
 
     medians: dict = {}
     info: dict = {}
